@@ -1,0 +1,284 @@
+"""Command lines ``featstore`` and ``fusion``: parse, call the Python API, print with rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+import featstore
+from featstore.store import StoreError
+from featstore.tables import InputError
+
+console = Console()
+err = Console(stderr=True)
+
+featstore_app = typer.Typer(help="Frozen patch embeddings of whole-slide images, gene tables and labels in one store.",
+                            no_args_is_help=True, pretty_exceptions_enable=False)
+fusion_app = typer.Typer(help="Leakage-free cross-validation of gene, image and fusion heads on a feature store.",
+                         no_args_is_help=True, pretty_exceptions_enable=False)
+
+StoreArg = Annotated[Path, typer.Option("--store", "-s", help="Store path: *.zarr (Zarr v3) or *.h5 (HDF5)")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn the API's input and store errors into one red line and exit code 1 (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, StoreError, FileNotFoundError, KeyError, ValueError) as exc:
+            _fail(str(exc).strip("'\""))
+    return wrapper
+
+
+def _notes(notes: list[str]) -> None:
+    for n in notes:
+        console.print(f"  [dim]•[/] {n}")
+
+
+# ------------------------------------------------------------------------------------------------
+# featstore
+
+
+@featstore_app.command("import-genes")
+@_guard
+def import_genes(
+    table: Annotated[Path, typer.Argument(help="CSV or TSV, optionally .gz")],
+    store: StoreArg,
+    name: Annotated[str, typer.Option(help="Table name in the store")] = "expression",
+    samples_as: Annotated[str, typer.Option(help="auto | rows | columns")] = "auto",
+    transform: Annotated[str, typer.Option(help="none | log2p1 (log2(x+1), e.g. for RSEM counts)")] = "none",
+    all_samples: Annotated[bool, typer.Option(help="Keep every sample, not one primary tumour per patient")] = False,
+    overwrite: bool = False,
+) -> None:
+    """Import a gene-expression table (samples as rows or columns; TCGA barcodes understood)."""
+    from featstore.tables import import_genes as api
+
+    with featstore.open(store, "a") as s:
+        t, notes = api(s, table, name, overwrite=overwrite, samples_as=samples_as, transform=transform,
+                       primary_only=not all_samples)
+    console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.sample_ids)} samples x {len(t.gene_ids)} genes, "
+                  f"{len(set(t.patient_ids))} patients")
+    _notes(notes)
+
+
+@featstore_app.command("import-labels")
+@_guard
+def import_labels(
+    table: Annotated[Path, typer.Argument(help="CSV/TSV with a patient (or sample barcode) column and a label column")],
+    store: StoreArg,
+    name: Annotated[str, typer.Option(help="Table name in the store")] = "labels",
+    id_column: str = "patient_id",
+    label_column: str = "label",
+    label_map: Annotated[str, typer.Option(help="pam50-binary | pam50 | none")] = "pam50-binary",
+    overwrite: bool = False,
+) -> None:
+    """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded)."""
+    from featstore.tables import import_labels as api
+
+    with featstore.open(store, "a") as s:
+        t, notes = api(s, table, name, overwrite=overwrite, id_column=id_column, label_column=label_column,
+                       label_map=None if label_map == "none" else label_map)
+    console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.patient_ids)} patients")
+    _notes(notes)
+
+
+@featstore_app.command("import-features")
+@_guard
+def import_features(
+    paths: Annotated[list[Path], typer.Argument(help="CLAM/TRIDENT per-slide .h5 files or folders of them")],
+    store: StoreArg,
+    name: Annotated[str, typer.Option(help="Feature set name")],
+    encoder: Annotated[str, typer.Option(help="Encoder that made the features (recorded)")] = "unknown",
+) -> None:
+    """Import per-slide feature files in the CLAM/TRIDENT layout (datasets 'features' and 'coords')."""
+    from featstore.interop import import_features as api
+
+    with featstore.open(store, "a") as s:
+        ids = api(s, paths, name, encoder=encoder)
+    console.print(f"[green]imported[/] {len(ids)} slides into feature set {name!r}")
+
+
+@featstore_app.command("export")
+@_guard
+def export(
+    store: Annotated[Path, typer.Argument(help="Store path")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    name: Annotated[Optional[str], typer.Option(help="Feature set (optional when there is one)")] = None,
+    format: Annotated[str, typer.Option(help="clam")] = "clam",
+) -> None:
+    """Export a feature set as CLAM's h5_files/ and pt_files/."""
+    from featstore.interop import export_clam
+
+    if format != "clam":
+        _fail(f"unknown export format {format!r}; supported: clam")
+    with featstore.open(store) as s:
+        files = export_clam(s, name, out)
+    console.print(f"[green]exported[/] {len(files)} slides to {out}")
+
+
+@featstore_app.command("ls")
+@_guard
+def ls(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
+    """List feature sets (with per-slide failures), tables and views."""
+    with featstore.open(store) as s:
+        summary = s.summary()
+        t = Table(title=f"{store} ({summary['backend']})")
+        for col in ("kind", "name", "contents", "status"):
+            t.add_column(col)
+        for fs, info in summary["feature_sets"].items():
+            t.add_row("features", fs, f"{info['slides']} slides, {info['patches']} patches x {info['dim']} "
+                      f"({info['encoder']})", "ok" if not info["failed"] else f"[red]{info['failed']} failed[/]")
+            for sid, rec in s.failures(fs).items():
+                t.add_row("", f"  {sid}", "", f"[red]failed:[/] {rec.get('reason', '?')}")
+        for name, info in summary["tables"].items():
+            t.add_row(info["kind"], name, " x ".join(map(str, info["shape"] or [])), "ok")
+        for v in summary["views"]:
+            t.add_row("view", v, "", "cached")
+    console.print(t)
+
+
+@featstore_app.command("info")
+@_guard
+def info(
+    store: Annotated[Path, typer.Argument(help="Store path")],
+    slide: Annotated[Optional[str], typer.Option(help="Show one slide's provenance")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Feature set")] = None,
+) -> None:
+    """Feature-set configs and table provenance, or one slide's provenance."""
+    with featstore.open(store) as s:
+        if slide is not None:
+            attrs = s.slide_attrs(name, slide)
+            t = Table(title=f"slide {slide}")
+            t.add_column("field")
+            t.add_column("value")
+            t.add_row("patient_id", str(attrs.get("patient_id")))
+            t.add_row("n_patches", str(attrs.get("n_patches")))
+            for k, v in attrs.get("provenance", {}).items():
+                t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+            console.print(t)
+            return
+        for fs in s.feature_sets():
+            t = Table(title=f"feature set {fs}")
+            t.add_column("config")
+            t.add_column("value")
+            for k, v in s.feature_set_info(fs).get("config", {}).items():
+                t.add_row(k, str(v))
+            console.print(t)
+        for tb in s.tables():
+            meta = s.table_info(tb)
+            console.print(f"[bold]table {tb}[/] ({meta.get('kind')}, {meta.get('shape')}): "
+                          f"{json.dumps(meta.get('provenance', {}), default=str)}")
+
+
+@featstore_app.command("validate")
+@_guard
+def validate(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
+    """Check every committed slide and table; exit code 1 with the list of problems."""
+    with featstore.open(store) as s:
+        problems = s.validate()
+    if problems:
+        for p in problems:
+            err.print(f"[red]✗[/] {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {store}: every committed slide and table is sound")
+
+
+@featstore_app.command("extract")
+@_guard
+def extract(
+    slides: Annotated[list[str], typer.Option("--slides", help="Files, folders, globs or a CSV manifest (repeatable)")],
+    out: Annotated[Path, typer.Option("--out", help="Store (created if absent)")],
+    encoder: Annotated[str, typer.Option(help="resnet50 (2048-d) | resnet50-trunc (1024-d)")] = "resnet50",
+    weights: Annotated[str, typer.Option(help="imagenet | random | PATH to a state dict")] = "imagenet",
+    seed: Annotated[int, typer.Option(help="Seed for --weights random")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Feature set name (default: the encoder)")] = None,
+    mpp: Annotated[float, typer.Option("--mpp", help="Target µm per pixel")] = 0.5,
+    patch_size: Annotated[int, typer.Option(help="Patch side at the target mpp")] = 224,
+    min_tissue: Annotated[float, typer.Option(help="Skip patches with less tissue than this")] = 0.25,
+    mpp_default: Annotated[Optional[float], typer.Option(help="mpp for slides whose metadata has none")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    batch_size: int = 64,
+    num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1)")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
+    dask_workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of N workers")] = None,
+    overwrite: bool = False,
+    strict: Annotated[bool, typer.Option(help="Stop at the first failed slide")] = False,
+    quiet: bool = False,
+) -> None:
+    """Extract frozen patch embeddings; resumable; exit code 2 when some slides failed."""
+    from featstore import extract as ex
+
+    specs = ex.find_slides(slides)
+    if shard:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            _fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
+        specs = ex.shard(specs, i, n)
+    cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
+                           min_tissue=min_tissue, precision=precision)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
+    task = progress.add_task("slides", total=len(specs), rate="")
+    counters = {"patches": 0, "t0": None}
+
+    def on_event(e: dict) -> None:
+        import time
+
+        kind = e["event"]
+        if counters["t0"] is None:
+            counters["t0"] = time.perf_counter()
+        if kind == "progress":
+            counters["patches"] += e["patches"]
+            rate = counters["patches"] / max(time.perf_counter() - counters["t0"], 1e-9)
+            progress.update(task, rate=f"{rate:,.0f} patches/s")
+        elif kind in ("slide_done", "slide_failed", "slide_skipped"):
+            progress.advance(task)
+            if not quiet:
+                if kind == "slide_done":
+                    progress.console.print(f"[green]✓[/] {e['slide_id']}: {e['patches']} patches in {e['seconds']} s")
+                elif kind == "slide_failed":
+                    progress.console.print(f"[red]✗[/] {e['slide_id']}: {e['reason']}")
+                else:
+                    progress.console.print(f"[dim]- {e['slide_id']}: skipped ({e['reason']})[/]")
+
+    with progress, warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
+                            num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
+                            on_event=on_event, scheduler=scheduler, dask_workers=dask_workers)
+    console.print(f"feature set [bold]{report.feature_set}[/] in {out}: {len(report.done)} extracted, "
+                  f"{len(report.skipped)} skipped, {len(report.failed)} failed, {report.patches} patches "
+                  f"in {report.seconds:.1f} s")
+    raise typer.Exit(report.exit_code)
+
+
+def main_featstore() -> None:  # pragma: no cover - console-script entry
+    featstore_app()
+
+
+def main_fusion() -> None:  # pragma: no cover - console-script entry
+    fusion_app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(featstore_app())

@@ -1,0 +1,59 @@
+"""Scale-out on Dask distributed: one task per slide, each worker writing its slides into a shared Zarr store.
+
+Zarr stores take concurrent writers because every slide is staged under its own name and renamed
+into place; the feature set itself is created by the driver before any task runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from featstore.extract import ExtractConfig, ExtractReport, SlideSpec, _EventLog
+
+
+def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
+                 batch_size: int, mpp_default: float | None) -> dict:
+    from featstore.extract import extract
+
+    # In-process reading (no DataLoader workers): Dask already runs one slide per worker slot.
+    report = extract([spec], store_path, config, name=name, device=device, batch_size=batch_size,
+                     num_workers=0, mpp_default=mpp_default)
+    return dataclasses.asdict(report)
+
+
+def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str, config: ExtractConfig,
+                device: str, batch_size: int, mpp_default: float | None, scheduler: str | None,
+                dask_workers: int | None, log: _EventLog) -> ExtractReport:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=dask_workers or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    report = ExtractReport(name)
+    try:
+        resources = {"GPU": 1} if device == "cuda" else None
+        futures = {
+            client.submit(_extract_one, spec, str(store_path), name, config, device, batch_size, mpp_default,
+                          key=f"featstore-extract-{name}-{spec.slide_id}", pure=False, resources=resources): spec
+            for spec, _ in todo
+        }
+        for fut in as_completed(futures):
+            spec = futures[fut]
+            try:
+                part = fut.result()
+            except Exception as exc:  # a task that died (worker lost, OOM) fails only its slide
+                report.failed[spec.slide_id] = f"dask task failed: {type(exc).__name__}: {exc}"
+                log("slide_failed", slide_id=spec.slide_id, reason=report.failed[spec.slide_id])
+                continue
+            report.merge(ExtractReport(**part))
+            log("dask_task_done", slide_id=spec.slide_id, done=part["done"], failed=part["failed"])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return report

@@ -1,0 +1,100 @@
+"""Interop with the per-slide HDF5 files of CLAM and TRIDENT (datasets ``features`` and ``coords``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featstore.barcodes import patient_of
+from featstore.provenance import config_hash, file_fingerprint
+from featstore.store import Store, check_name, now_iso
+from featstore.tables import InputError
+
+
+def _read_clam_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("features", "coords"):
+                if key not in f:
+                    raise InputError(f"{path}: no dataset {key!r} (a CLAM/TRIDENT file has 'features' and 'coords')")
+            feats, coords = f["features"][()], f["coords"][()]
+            attrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
+            attrs.update({f"file.{k}": _plain(v) for k, v in f.attrs.items()})
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    # Some CLAM versions save a leading batch axis of 1.
+    if feats.ndim == 3 and feats.shape[0] == 1:
+        feats = feats[0]
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if feats.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(feats):
+        raise InputError(f"{path}: features {feats.shape} and coords {coords.shape} do not form N x D and N x 2")
+    if not np.isfinite(feats).all():
+        raise InputError(f"{path}: features contain NaN or Inf (first at row {int(np.argwhere(~np.isfinite(feats))[0][0])})")
+    return feats, coords.astype(np.int64), attrs
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else (v.tolist() if isinstance(v, np.ndarray) else
+                                                        (v.decode() if isinstance(v, bytes) else v))
+
+
+def import_features(
+    store: Store, paths: list[str | Path], name: str, encoder: str = "unknown", dtype: str = "float16",
+    patient_map: dict[str, str] | None = None,
+) -> list[str]:
+    """Import per-slide CLAM/TRIDENT ``.h5`` files as one feature set; returns the slide ids written.
+
+    Every file is checked before anything is written, so one bad file leaves the store untouched.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.h5")) if p.is_dir() else [p]
+    if not files:
+        raise InputError(f"no .h5 files found in {', '.join(map(str, paths))}")
+    loaded = []
+    for f in files:
+        feats, coords, attrs = _read_clam_file(f)
+        loaded.append((check_name(f.stem, "slide id"), feats, coords, attrs, f))
+    dims = {x[1].shape[1] for x in loaded}
+    if len(dims) > 1:
+        raise InputError(f"files disagree on feature dimension: {sorted(dims)}")
+    config = {"source": "import", "format": "clam", "encoder": encoder, "dim": dims.pop(), "dtype": dtype}
+    store.create_feature_set(name, config, config_hash(config))
+    for sid, feats, coords, attrs, f in loaded:
+        store.write_slide(name, sid, feats.astype(dtype), coords, None, {
+            "patient_id": (patient_map or {}).get(sid, patient_of(sid)),
+            "provenance": {"imported_from": str(f), "file": file_fingerprint(f), "source_attrs": attrs,
+                           "imported": now_iso()},
+        })
+    return [x[0] for x in loaded]
+
+
+def export_clam(store: Store, name: str | None, out_dir: str | Path) -> list[Path]:
+    """Write a feature set as CLAM's layout: ``h5_files/<slide>.h5`` (features, coords) and ``pt_files/<slide>.pt``."""
+    import torch
+
+    name = store.resolve("features", name)
+    out = Path(out_dir)
+    (out / "h5_files").mkdir(parents=True, exist_ok=True)
+    (out / "pt_files").mkdir(parents=True, exist_ok=True)
+    written = []
+    for sid, slide in store.iter_slides(name):
+        prov = slide.attrs.get("provenance", {})
+        target = out / "h5_files" / f"{sid}.h5"
+        tmp = target.with_suffix(".h5.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=slide.features.astype(np.float32))
+            ds = f.create_dataset("coords", data=slide.coords)
+            for key in ("patch_size_level0", "patch_size", "level", "target_mpp"):
+                if key in prov:
+                    ds.attrs[key] = prov[key]
+            f.attrs["featstore_provenance"] = json.dumps(prov)
+            f.attrs["patient_id"] = slide.attrs.get("patient_id", "")
+        tmp.replace(target)
+        torch.save(torch.from_numpy(slide.features.astype(np.float32)), out / "pt_files" / f"{sid}.pt")
+        written.append(target)
+    return written

@@ -1,0 +1,221 @@
+"""One reader interface over whole-slide images (OpenSlide), plain images and folders of tiles.
+
+Every reader answers in level-0 pixels and physical microns per pixel, returns RGB uint8 composited
+onto white, and raises :class:`SlideError` with the slide named when something cannot be read: a
+tile that fails is never replaced by a blank one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SLIDE_SUFFIXES = WSI_SUFFIXES + IMAGE_SUFFIXES
+
+
+class SlideError(Exception):
+    """A slide cannot be opened or read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle in level-0 pixels that is tiled on its own (a whole slide, or one tile of a folder)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def _to_rgb_on_white(img: Image.Image) -> np.ndarray:
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return np.asarray(img.convert("RGB"))
+
+
+class SlideReader:
+    """Base class; see :func:`open_slide`."""
+
+    path: Path
+    mpp: float | None
+    mpp_source: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    def regions(self) -> list[Region]:
+        w, h = self.dimensions
+        return [Region(0, 0, w, h)]
+
+    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
+        """RGB image of ``region`` no larger than ``max_side``, and level-0 pixels per thumbnail pixel."""
+        raise NotImplementedError
+
+    def best_level(self, downsample: float) -> int:
+        """Highest-resolution-saving level whose downsample does not exceed ``downsample``."""
+        ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * 1.001]
+        return max(ok) if ok else 0
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _mpp_from_properties(props: dict, path: Path, allow_objective: bool) -> tuple[float | None, str]:
+    for kx, ky in (("openslide.mpp-x", "openslide.mpp-y"), ("aperio.MPP", "aperio.MPP")):
+        try:
+            mx, my = float(props[kx]), float(props[ky])
+        except (KeyError, ValueError):
+            continue
+        if mx > 0 and my > 0:
+            if abs(mx - my) / mx > 0.01:
+                warnings.warn(f"{path.name}: anisotropic pixels (mpp-x {mx}, mpp-y {my}); using mpp-x", stacklevel=3)
+            return mx, f"metadata:{kx}"
+    unit = props.get("tiff.ResolutionUnit", "").lower()
+    try:
+        res = float(props["tiff.XResolution"])
+        if res > 0 and unit in ("centimeter", "inch"):
+            return (1e4 if unit == "centimeter" else 25400.0) / res, "metadata:tiff.XResolution"
+    except (KeyError, ValueError):
+        pass
+    if allow_objective:
+        try:
+            power = float(props["openslide.objective-power"])
+        except (KeyError, ValueError):
+            return None, "none"
+        if power > 0:
+            warnings.warn(
+                f"{path.name}: no mpp in metadata; assuming 10/{power:g} = {10 / power:g} µm/px from the "
+                "objective power (nominal, often wrong by 5-10%); pass the true mpp in a manifest",
+                stacklevel=3,
+            )
+            return 10.0 / power, "objective-power"
+    return None, "none"
+
+
+class OpenSlideReader(SlideReader):
+    """Whole-slide formats through OpenSlide; plain images through OpenSlide's PIL-backed ImageSlide."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None, allow_objective: bool = True):
+        import openslide
+
+        self.path = Path(path)
+        try:
+            self._slide = openslide.open_slide(str(self.path))
+        except Exception as exc:  # OpenSlideError, PIL's UnidentifiedImageError, OSError, ...
+            raise SlideError(f"{self.path.name}: cannot open as a slide or image ({type(exc).__name__}: {exc})") from exc
+        self.level_dimensions = tuple(self._slide.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        self.properties = dict(self._slide.properties)
+        if mpp is not None:
+            self.mpp, self.mpp_source = float(mpp), "given"
+        else:
+            self.mpp, self.mpp_source = _mpp_from_properties(self.properties, self.path, allow_objective)
+
+    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            img = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
+        except Exception as exc:
+            raise SlideError(f"{self.path.name}: cannot read region at ({x}, {y}) level {level}: {exc}") from exc
+        return _to_rgb_on_white(img)
+
+    def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
+        ds = max(region.width, region.height) / max_side
+        level = self.best_level(max(ds, 1.0))
+        lds = self.level_downsamples[level]
+        w, h = int(np.ceil(region.width / lds)), int(np.ceil(region.height / lds))
+        img = self.read(region.x, region.y, level, w, h)
+        scale = max(1.0, ds / lds)
+        if scale > 1.0:
+            img = np.asarray(Image.fromarray(img).resize((max(1, round(w / scale)), max(1, round(h / scale))),
+                                                         Image.Resampling.BILINEAR))
+        return img, region.width / img.shape[1]
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class TileFolderReader(SlideReader):
+    """A folder of pre-extracted tiles (one patient) read as one virtual slide.
+
+    Tiles are laid out left to right in sorted file-name order, tile ``i`` at level-0 x offset equal to
+    the summed widths of the tiles before it, y = 0. Each tile is tiled on its own (a region), so no
+    patch ever spans two tiles.
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None):
+        self.path = Path(path)
+        self.files = sorted(f for f in self.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES + (".tif", ".tiff"))
+        if not self.files:
+            raise SlideError(f"{self.path.name}: tile folder holds no images")
+        self._images: dict[int, np.ndarray] = {}
+        sizes = []
+        for f in self.files:
+            try:
+                with Image.open(f) as im:
+                    sizes.append(im.size)
+            except Exception as exc:
+                raise SlideError(f"{self.path.name}/{f.name}: cannot open tile ({exc})") from exc
+        self.offsets = np.concatenate([[0], np.cumsum([w for w, _ in sizes])]).astype(int)
+        self._regions = [Region(int(self.offsets[i]), 0, w, h) for i, (w, h) in enumerate(sizes)]
+        self.level_dimensions = ((int(self.offsets[-1]), max(h for _, h in sizes)),)
+        self.level_downsamples = (1.0,)
+        self.mpp, self.mpp_source = (float(mpp), "given") if mpp is not None else (None, "none")
+
+    def regions(self) -> list[Region]:
+        return list(self._regions)
+
+    def _tile(self, i: int) -> np.ndarray:
+        if i not in self._images:
+            try:
+                with Image.open(self.files[i]) as im:
+                    self._images = {i: _to_rgb_on_white(im)}  # keep one decoded tile: memory stays flat
+            except Exception as exc:
+                raise SlideError(f"{self.path.name}/{self.files[i].name}: cannot read tile ({exc})") from exc
+        return self._images[i]
+
+    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        i = int(np.searchsorted(self.offsets, x, side="right") - 1)
+        tile = self._tile(min(max(i, 0), len(self.files) - 1))
+        out = np.full((height, width, 3), 255, np.uint8)
+        lx = x - int(self.offsets[i])
+        crop = tile[max(y, 0): y + height, max(lx, 0): lx + width]
+        out[: crop.shape[0], : crop.shape[1]] = crop
+        return out
+
+    def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
+        img = self._tile(self._regions.index(region))
+        scale = max(1.0, max(region.width, region.height) / max_side)
+        if scale > 1.0:
+            img = np.asarray(Image.fromarray(img).resize(
+                (max(1, round(region.width / scale)), max(1, round(region.height / scale))), Image.Resampling.BILINEAR))
+        return img, region.width / img.shape[1]
+
+
+def open_slide(path: str | Path, mpp: float | None = None, allow_objective: bool = True) -> SlideReader:
+    """Open a whole-slide image, a plain image, or a folder of tiles."""
+    p = Path(path)
+    if not p.exists():
+        raise SlideError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return TileFolderReader(p, mpp)
+    return OpenSlideReader(p, mpp, allow_objective)

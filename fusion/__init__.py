@@ -1,0 +1,1 @@
+"""fusion: leakage-free cross-validation of gene, image and fusion heads on a featstore store."""

@@ -1,0 +1,63 @@
+"""CLAM/TRIDENT per-slide h5 files: import, export, round trip, and bad files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import featstore
+from featstore.interop import export_clam, import_features
+from featstore.tables import InputError
+
+
+def _clam_file(path, n, d, seed, leading_axis=False):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, d)).astype(np.float32)
+    coords = rng.integers(0, 50_000, (n, 2))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=feats[None] if leading_axis else feats)
+        ds = f.create_dataset("coords", data=coords)
+        ds.attrs["patch_size"] = 256
+        ds.attrs["patch_level"] = 0
+    return feats, coords
+
+
+def test_clam_round_trip(tmp_path, store_path):
+    src = tmp_path / "clam" / "h5_files"
+    src.mkdir(parents=True)
+    originals = {f"TCGA-AA-000{i}-01Z-00-DX1": _clam_file(src / f"TCGA-AA-000{i}-01Z-00-DX1.h5", 50 + i, 32, i,
+                                                          leading_axis=i == 1) for i in range(3)}
+    with featstore.open(store_path, "a") as s:
+        ids = import_features(s, [src], "uni", encoder="resnet50-trunc", dtype="float32")
+        assert sorted(ids) == sorted(originals)
+        assert s.read_slide("uni", ids[0]).attrs["patient_id"] == "TCGA-AA-0000"
+        assert s.validate() == []
+        export_clam(s, None, tmp_path / "out")
+    for sid, (feats, coords) in originals.items():
+        with h5py.File(tmp_path / "out" / "h5_files" / f"{sid}.h5") as f:
+            np.testing.assert_array_equal(f["features"][()], feats)
+            np.testing.assert_array_equal(f["coords"][()], coords)
+        pt = torch.load(tmp_path / "out" / "pt_files" / f"{sid}.pt", weights_only=True)
+        np.testing.assert_array_equal(pt.numpy(), feats)
+
+
+def test_bad_clam_files_leave_store_unchanged(tmp_path, store_path):
+    good = tmp_path / "good.h5"
+    _clam_file(good, 10, 8, 0)
+    no_coords = tmp_path / "nocoords.h5"
+    with h5py.File(no_coords, "w") as f:
+        f.create_dataset("features", data=np.zeros((3, 8)))
+    mismatch = tmp_path / "mismatch.h5"
+    with h5py.File(mismatch, "w") as f:
+        f.create_dataset("features", data=np.zeros((3, 8)))
+        f.create_dataset("coords", data=np.zeros((4, 2)))
+    not_h5 = tmp_path / "junk.h5"
+    not_h5.write_bytes(b"not hdf5")
+    with featstore.open(store_path, "a") as s:
+        for bad, msg in ((no_coords, "no dataset 'coords'"), (mismatch, r"do not form N x D and N x 2"),
+                         (not_h5, "not a readable HDF5 file")):
+            with pytest.raises(InputError, match=msg):
+                import_features(s, [good, bad], "x")
+            assert s.feature_sets() == []

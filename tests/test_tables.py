@@ -1,0 +1,110 @@
+"""Gene and label ingestion: real TCGA tables, orientation, barcodes, and every bad input named precisely."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+import featstore
+from featstore.tables import InputError, import_genes, import_labels, read_expression, read_labels
+
+from .conftest import BIOLINKS, MIXOMICS, PAM50_LABELS
+
+pytestmark = pytest.mark.shared
+
+
+def test_real_tcga_table_with_samples_as_columns_keeps_primary_tumours():
+    table, notes = read_expression(BIOLINKS, transform="log2p1")
+    # 10 aliquots: 4 primary tumours and 6 solid-normal samples, all from different patients but one.
+    assert table.values.shape[1] == 20530
+    assert all(s.startswith("TCGA-") for s in table.sample_ids)
+    assert any("samples taken as columns (TCGA barcodes" in n for n in notes)
+    assert set(table.sample_types) <= {"01", "11"}
+    assert len(set(table.patient_ids)) == len(table.patient_ids)
+    assert table.provenance["transform"] == "log2p1"
+    assert table.values.min() >= 0
+
+
+def test_orientation_by_shape_and_forced(tmp_path):
+    t, notes = read_expression(MIXOMICS / "data_train_mrna.csv")
+    assert t.values.shape == (150, 200) and "fewer samples than genes" in notes[0]
+    t2, _ = read_expression(MIXOMICS / "data_train_mrna.csv", samples_as="columns")
+    assert t2.values.shape == (200, 150)
+
+
+def test_gzip_and_tsv(tmp_path):
+    text = "gene\tTCGA-AA-0001-01A\tTCGA-AA-0002-01A\nTP53\t1.5\t2\nENSG00000141510.16\t3\t4\n"
+    path = tmp_path / "t.tsv.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    t, notes = read_expression(path)
+    assert t.sample_ids == ["TCGA-AA-0001-01A", "TCGA-AA-0002-01A"]
+    assert t.gene_ids == ["TP53", "ENSG00000141510"]
+    assert any("Ensembl version" in n for n in notes)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("id,G1,G1\nS1,1,2\n", r"duplicate gene id 'G1' in columns 2 and 3"),
+    ("id,ENSG00000141510.1,ENSG00000141510.2\nS1,1,2\n",
+     r"duplicate gene id 'ENSG00000141510.1' and 'ENSG00000141510.2' \(the same id once Ensembl versions"),
+    ("id,G1,G2\nS1,1,\n", r"empty or NaN cell at row 2 \('S1'\), column 3 \('G2'\)"),
+    ("id,G1,G2\nS1,1,2\nS2,NaN,2\n", r"empty or NaN cell at row 3 \('S2'\), column 2 \('G1'\)"),
+    ("id,G1,G2\nS1,1,2\nS2,3,abc\n", r"non-numeric cell 'abc' at row 3 \('S2'\), column 3 \('G2'\)"),
+    ("id,G1,G2\nS1,a,b\nS2,c,d\n", r"no numeric columns"),
+    ("id,G1,G2\nS1,1,2\nS1,3,4\n", r"duplicate sample id 'S1' in rows 2 and 3"),
+    ("id,G1\nS1,1,2\n", r"line 2 has 3 fields, the header has 2"),
+    ("", r"the file is empty"),
+])
+def test_bad_gene_tables_name_the_problem_and_leave_the_store_unchanged(tmp_path, store_path, body, message):
+    good = tmp_path / "good.csv"
+    good.write_text("id,G1,G2\nS1,1,2\nS2,3,4\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(body)
+    with featstore.open(store_path, "a") as s:
+        import_genes(s, good, "expression")
+        before = s.read_expression().values.copy()
+        with pytest.raises(InputError, match=message) as info:
+            import_genes(s, bad, "expression", overwrite=True)
+        assert "bad.csv" in str(info.value)
+        assert s.tables() == ["expression"]
+        assert (s.read_expression().values == before).all()
+        assert s.validate() == []
+
+
+def test_label_tables(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("patient_id,label\nTCGA-AA-0001-01A-11R,BRCA.LumA\nTCGA-AA-0001-11A-11R,Normal\n"
+                    "TCGA-AA-0002,Basal\nTCGA-AA-0003,Normal\nTCGA-AA-0004,her2\nTCGA-AA-0005,\n")
+    t, notes = read_labels(path)
+    assert t.patient_ids == ["TCGA-AA-0001", "TCGA-AA-0002", "TCGA-AA-0004"]
+    assert t.labels == ["Luminal", "Basal_Her2", "Basal_Her2"]
+    assert t.raw_labels == ["LumA", "Basal", "Her2"]
+    assert t.provenance["excluded"] == {"missing": 1, "Normal": 1}
+    assert t.provenance["positive_class"] == "Basal_Her2"
+
+
+@pytest.mark.parametrize("body, kwargs, message", [
+    ("patient_id,label\nP1,LumA\nP2,Luminal-ish\n", {}, r"label 'Luminal-ish' at row 3, column 'label'"),
+    ("patient,label\nP1,LumA\n", {}, r"no column 'patient_id'"),
+    ("patient_id,label\nTCGA-AA-0001-01A,LumA\nTCGA-AA-0001-01B,Basal\n", {}, r"conflicting labels"),
+    ("patient_id,label\nP1,Normal\n", {}, r"no usable labels"),
+    ("patient_id,label\nP1,LumA\n", {"label_map": "nope"}, r"unknown label map 'nope'"),
+])
+def test_bad_label_tables(tmp_path, store_path, body, kwargs, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(body)
+    with featstore.open(store_path, "a") as s:
+        with pytest.raises(InputError, match=message):
+            import_labels(s, bad, "labels", **kwargs)
+        assert s.tables() == []
+
+
+def test_patient_table_labels_agree_with_pancan():
+    pancan, _ = read_labels(PAM50_LABELS / "pancan2018_brca_subtypes.csv", id_column="aliquot_barcode",
+                            label_column="Subtype_mRNA", label_map="pam50")
+    patient, _ = read_labels(PAM50_LABELS / "brca_subtype_patient_table.csv", id_column="patient_barcode",
+                             label_column="BRCA_Subtype_PAM50", label_map="pam50")
+    a, b = dict(zip(pancan.patient_ids, pancan.labels)), dict(zip(patient.patient_ids, patient.labels))
+    common = set(a) & set(b)
+    assert len(common) > 1000
+    assert all(a[p] == b[p] for p in common)
