@@ -272,6 +272,160 @@ def extract(
     raise typer.Exit(report.exit_code)
 
 
+# ------------------------------------------------------------------------------------------------
+# fusion
+
+
+def _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes, missing,
+                view_k, epochs, top_genes, threads, snn):
+    from fusion.api import CVOptions
+    from fusion.train import TrainConfig
+
+    return CVOptions(features=features, genes=genes, labels=labels, label_map=None if label_map == "none" else label_map,
+                     folds=folds, repeats=repeats, seed=seed, split=split, splits_file=splits,
+                     exclude_genes=exclude_genes, missing=missing, view_k=view_k,
+                     train=TrainConfig(epochs=epochs, top_genes=top_genes, threads=threads, snn=snn, seed=seed))
+
+
+_COMMON = dict(
+    features=typer.Option(None, help="Feature set (optional when the store has one)"),
+    genes=typer.Option(None, help="Expression table (optional when the store has one)"),
+    labels=typer.Option(None, help="Labels CSV (patient_id,label) or a labels table in the store"),
+    label_map=typer.Option("pam50-binary", help="pam50-binary | pam50 | none (for --labels CSV)"),
+    folds=typer.Option(5, help="K in K-fold"), repeats=typer.Option(1, help="Repeats with new shuffles"),
+    seed=typer.Option(0), split=typer.Option("patient", help="patient | site (TCGA tissue source site kept apart)"),
+    splits=typer.Option(None, help="Read folds from a splits.csv"),
+    exclude_genes=typer.Option(None, help="pam50, or a file of gene symbols to leave out"),
+    missing=typer.Option("drop", help="drop | mask: patients missing a modality"),
+    view_k=typer.Option(16, help="Tokens per patient in the cached compact view"),
+    epochs=typer.Option(200, help="Maximum epochs (early stopping on inner validation)"),
+    top_genes=typer.Option(2000, help="Most variable genes kept (fitted per fold)"),
+    threads=typer.Option(None, help="CPU threads for torch/XGBoost"),
+    snn=typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)"),
+)
+
+
+def _print_summary(metrics: dict) -> None:
+    t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, positive class {metrics['positive_class']}"
+              + (" [SIMULATED data]" if metrics.get("simulated") else ""))
+    for col in ("metric", "mean", "std", "95% CI (bootstrap)"):
+        t.add_column(col)
+    for m, v in metrics["summary"].items():
+        t.add_row(m, f"{v['mean']:.3f}" if v["mean"] is not None else "nan",
+                  f"{v['std']:.3f}" if v["std"] is not None else "", f"[{v['ci95'][0]}, {v['ci95'][1]}]")
+    console.print(t)
+    c = metrics["cohort"]
+    console.print(f"cohort: {c['classes']}; with genes {c['with_genes']}, with image {c['with_image']}, "
+                  f"dropped for a missing modality {c['dropped_missing_modality']}; excluded labels "
+                  f"{c['excluded_labels']}")
+    console.print(f"genes: {metrics['genes']}; {metrics['params']:,} parameters per model; {metrics['seconds']} s")
+    for modality, chk in metrics.get("modality_check", {}).items():
+        verdict = "[green]uses it[/]" if chk["uses_modality"] else "[red]IGNORES it[/]"
+        console.print(f"modality check, {modality} permuted: ROC-AUC {chk['roc_auc']}, mean |Δp| "
+                      f"{chk['mean_abs_change']} -> {verdict}")
+
+
+@fusion_app.command("cv")
+@_guard
+def fusion_cv(
+    store: Annotated[Path, typer.Argument(help="Feature store")],
+    head: Annotated[str, typer.Option(help="A registered head (fusion heads lists them)")] = "cross_attn",
+    out: Annotated[Optional[Path], typer.Option(help="Write metrics.json, predictions.csv, splits.csv, curves.png")] = None,
+    features: Optional[str] = _COMMON["features"], genes: Optional[str] = _COMMON["genes"],
+    labels: Optional[str] = _COMMON["labels"], label_map: str = _COMMON["label_map"], folds: int = _COMMON["folds"],
+    repeats: int = _COMMON["repeats"], seed: int = _COMMON["seed"], split: str = _COMMON["split"],
+    splits: Optional[str] = _COMMON["splits"], exclude_genes: Optional[str] = _COMMON["exclude_genes"],
+    missing: str = _COMMON["missing"], view_k: int = _COMMON["view_k"], epochs: int = _COMMON["epochs"],
+    top_genes: int = _COMMON["top_genes"], threads: Optional[int] = _COMMON["threads"], snn: bool = _COMMON["snn"],
+) -> None:
+    """Cross-validate one head: all folds at once, fold-local preprocessing, bootstrap CIs, modality check."""
+    from fusion.api import cv
+
+    opts = _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes,
+                       missing, view_k, epochs, top_genes, threads, snn)
+    run = cv(store, head, opts, out)
+    _print_summary(run.metrics)
+    if out:
+        console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, curves.png")
+
+
+@fusion_app.command("bench")
+@_guard
+def fusion_bench(
+    store: Annotated[Path, typer.Argument(help="Feature store")],
+    heads: Annotated[str, typer.Option(help="all, or a comma list")] = "all",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.csv/.md and per-head results")] = None,
+    features: Optional[str] = _COMMON["features"], genes: Optional[str] = _COMMON["genes"],
+    labels: Optional[str] = _COMMON["labels"], label_map: str = _COMMON["label_map"], folds: int = _COMMON["folds"],
+    repeats: int = _COMMON["repeats"], seed: int = _COMMON["seed"], split: str = _COMMON["split"],
+    splits: Optional[str] = _COMMON["splits"], exclude_genes: Optional[str] = _COMMON["exclude_genes"],
+    missing: str = _COMMON["missing"], view_k: int = _COMMON["view_k"], epochs: int = _COMMON["epochs"],
+    top_genes: int = _COMMON["top_genes"], threads: Optional[int] = _COMMON["threads"], snn: bool = _COMMON["snn"],
+) -> None:
+    """Every head on identical folds; a sorted leaderboard with CIs and paired tests against the best unimodal head."""
+    from fusion.api import bench
+
+    opts = _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes,
+                       missing, view_k, epochs, top_genes, threads, snn)
+    rows, runs = bench(store, "all" if heads == "all" else [h.strip() for h in heads.split(",")], opts, out)
+    first = next(iter(runs.values())).metrics
+    t = Table(title=f"leaderboard: {first['n_patients']} patients, positive class {first['positive_class']}"
+              + (" [SIMULATED data]" if first.get("simulated") else ""))
+    for col in ("head", "modalities", "ROC-AUC", "PR-AUC", "F1", "s", "params", "vs best unimodal"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["head"], r["modalities"], f"{r['roc_auc_mean']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]",
+                  f"{r['pr_auc_mean']:.3f}", f"{r['f1_mean']:.3f}", f"{r['seconds']:.1f}", f"{r['params']:,}",
+                  r["vs_best_unimodal"])
+    console.print(t)
+    console.print(f"genes: {first['genes']}")
+    for h, run in runs.items():
+        for modality, chk in run.metrics.get("modality_check", {}).items():
+            if not chk["uses_modality"]:
+                console.print(f"[red]{h} ignores the {modality} input[/]")
+    if out:
+        console.print(f"wrote {out}/leaderboard.csv, leaderboard.md and one folder per head")
+
+
+@fusion_app.command("heads")
+def fusion_heads() -> None:
+    """List the registered heads."""
+    from fusion.heads import HEADS
+
+    t = Table(title="heads")
+    for col in ("name", "inputs", "what it is"):
+        t.add_column(col)
+    for spec in HEADS.values():
+        t.add_row(spec.name, "+".join(sorted(spec.modalities)), spec.summary)
+    console.print(t)
+
+
+@fusion_app.command("simulate")
+@_guard
+def fusion_simulate(
+    out: Annotated[Path, typer.Option(help="Store to write (created or extended)")],
+    labels_out: Annotated[Optional[Path], typer.Option(help="Also write the labels as CSV")] = None,
+    patients: int = 200, patches: int = 64, dim: int = 64, genes: int = 100,
+    gene_signal: float = 1.0, image_signal: float = 1.0,
+    split: Annotated[float, typer.Option(help="Share of the signal in the image (0 genes only, 1 image only)")] = 0.5,
+    informative_fraction: Annotated[float, typer.Option(help="Share of a bag's patches that carry the signal")] = 0.2,
+    seed: int = 0,
+    patients_from: Annotated[Optional[Path], typer.Option(help="Simulate image bags for this store's labelled patients")] = None,
+) -> None:
+    """Write a SIMULATED cohort with planted signal (documented in fusion/simulate.py)."""
+    from fusion.simulate import simulate_cohort
+
+    ids = labels = None
+    if patients_from is not None:
+        with featstore.open(patients_from) as src:
+            lab = src.read_labels()
+            ids, labels = lab.patient_ids, dict(zip(lab.patient_ids, lab.labels))
+    simulate_cohort(out, patients=patients, patches=patches, dim=dim, genes=genes, gene_signal=gene_signal,
+                    image_signal=image_signal, split=split, informative_fraction=informative_fraction, seed=seed,
+                    patient_ids=ids, labels=labels, labels_out=labels_out).close()
+    console.print(f"[yellow]SIMULATED[/] cohort written to {out}" + (f" (labels: {labels_out})" if labels_out else ""))
+
+
 def main_featstore() -> None:  # pragma: no cover - console-script entry
     featstore_app()
 

@@ -1,0 +1,175 @@
+"""The Python API behind ``fusion cv`` and ``fusion bench``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import featstore
+from fusion.cohort import Cohort, load_cohort
+from fusion.heads import GENES, IMAGE, get_head, list_heads
+from fusion.metrics import METRICS, paired_difference, summarise
+from fusion.preprocess import gene_exclusion_mask
+from fusion.report import write_cv, write_leaderboard
+from fusion.splits import make_splits, read_splits, split_balance
+from fusion.train import CVResult, TrainConfig, cross_validate
+from fusion.views import View, build_view
+
+PAM50_FILE = Path(__file__).with_name("pam50_genes.txt")
+
+
+def pam50_genes() -> set[str]:
+    return {ln.strip() for ln in PAM50_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+
+
+@dataclass
+class CVOptions:
+    features: str | None = None
+    genes: str | None = None
+    labels: str | None = None
+    label_map: str | None = "pam50-binary"
+    folds: int = 5
+    repeats: int = 1
+    seed: int = 0
+    split: str = "patient"
+    splits_file: str | None = None
+    exclude_genes: str | None = None  # "pam50" or a file of symbols
+    missing: str = "drop"
+    view_k: int = 16
+    view_method: str = "kmeans"
+    bootstrap: int = 1000
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class CVRun:
+    result: CVResult
+    metrics: dict
+    cohort: Cohort
+
+
+def _exclusion(opts: CVOptions, cohort: Cohort) -> tuple[np.ndarray | None, str]:
+    if cohort.genes is None:
+        return None, "no genes used"
+    if opts.exclude_genes is None:
+        hits = gene_exclusion_mask(cohort.gene_ids, pam50_genes()).sum()
+        note = (f"WARNING: {hits} PAM50 genes are among the inputs; PAM50 labels are computed from them, so "
+                "gene-based scores are close to circular (use --exclude-genes pam50)") if hits else "no PAM50 genes in the table"
+        return None, note
+    symbols = pam50_genes() if opts.exclude_genes == "pam50" else {
+        ln.strip() for ln in Path(opts.exclude_genes).read_text().splitlines() if ln.strip()}
+    mask = gene_exclusion_mask(cohort.gene_ids, symbols)
+    return mask, f"excluded {int(mask.sum())} genes ({opts.exclude_genes})"
+
+
+def _assignments(opts: CVOptions, cohort: Cohort) -> np.ndarray:
+    if opts.splits_file:
+        return read_splits(opts.splits_file, cohort.patient_ids)
+    return make_splits(cohort.patient_ids, cohort.y, opts.folds, opts.repeats, opts.seed, opts.split)
+
+
+def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, View | None]:
+    """One cohort for all the heads (patients with every modality any head uses) and the cached view."""
+    use_g = any(GENES in get_head(h).modalities for h in heads)
+    use_i = any(IMAGE in get_head(h).modalities for h in heads)
+    cohort = load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing)
+    view = None
+    if use_i:
+        view = build_view(store, cohort.feature_set, cohort.slides, opts.view_k, opts.view_method, opts.seed,
+                          cache=store.mode != "r")
+    return cohort, view
+
+
+def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
+             out: Path | None = None, simulated: bool = False) -> CVRun:
+    spec = get_head(head)
+    exclude, gene_note = _exclusion(opts, cohort) if GENES in spec.modalities else (None, "no genes used")
+    result = cross_validate(cohort, head, assign, view, opts.train, exclude)
+    folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed)
+    metrics = {
+        "head": head, "modalities": sorted(spec.modalities), "n_patients": len(cohort.patient_ids),
+        "positive_class": cohort.classes[1], "negative_class": cohort.classes[0],
+        "split": {"by": opts.split if not opts.splits_file else f"file:{opts.splits_file}", "folds": int(assign.max() + 1),
+                  "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.y)},
+        "folds": folds, "summary": summary, "seconds": round(result.seconds, 3), "params": result.n_params,
+        "epochs": result.epochs, "threshold": 0.5, "genes": gene_note, "cohort": cohort.summary,
+        "view": None if view is None else {"key": view.key, "cached": view.cached, "k": opts.view_k,
+                                           "method": opts.view_method},
+        "simulated": simulated,
+    }
+    if result.permuted:
+        metrics["modality_check"] = modality_check(cohort.y, result, assign, opts)
+    if out is not None:
+        write_cv(Path(out), result, metrics)
+    return CVRun(result, metrics, cohort)
+
+
+def modality_check(y: np.ndarray, result: CVResult, assign: np.ndarray, opts: CVOptions) -> dict:
+    """Metrics with one modality permuted across test patients; a head whose output does not move ignores it."""
+    out = {}
+    for modality, pred in result.permuted.items():
+        _, summary = summarise(y, pred, assign, resamples=200, seed=opts.seed)
+        change = float(np.nanmean(np.abs(pred - result.oof)))
+        out[modality] = {"roc_auc": summary["roc_auc"]["mean"], "pr_auc": summary["pr_auc"]["mean"],
+                         "mean_abs_change": round(change, 6), "max_abs_change": float(np.nanmax(np.abs(pred - result.oof))),
+                         "uses_modality": bool(np.nanmax(np.abs(pred - result.oof)) > 1e-6)}
+    return out
+
+
+def _is_simulated(store, cohort: Cohort) -> bool:
+    if cohort.feature_set and store.feature_set_info(cohort.feature_set).get("config", {}).get("source") == "simulated":
+        return True
+    return bool(cohort.gene_table and store.read_expression(cohort.gene_table).provenance.get("simulated"))
+
+
+def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None) -> CVRun:
+    """Cross-validate one head on a store; writes outputs to ``out`` when given."""
+    with featstore.open(store_path, "a") as store:
+        cohort, view = prepare_inputs(store, [head], opts)
+        simulated = _is_simulated(store, cohort)
+    assign = _assignments(opts, cohort)
+    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated)
+
+
+def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
+          out: str | Path | None = None) -> tuple[list[dict], dict[str, CVRun]]:
+    """Every head on identical folds and patients; leaderboard rows sorted by mean ROC-AUC."""
+    names = list_heads() if heads == "all" else list(heads)
+    for h in names:
+        get_head(h)
+    t0 = time.perf_counter()
+    with featstore.open(store_path, "a") as store:
+        cohort, view = prepare_inputs(store, names, opts)
+        simulated = _is_simulated(store, cohort)
+    assign = _assignments(opts, cohort)
+    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated) for h in names}
+    unimodal = [h for h in names if not get_head(h).multimodal]
+    best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["mean"] or 0) if unimodal else None
+    rows = []
+    for h, run in runs.items():
+        s = run.metrics["summary"]
+        row = {"head": h, "modalities": "+".join(sorted(get_head(h).modalities)), "seconds": run.metrics["seconds"],
+               "params": run.metrics["params"]}
+        for m in METRICS:
+            row.update({f"{m}_mean": s[m]["mean"], f"{m}_std": s[m]["std"], f"{m}_lo": s[m]["ci95"][0],
+                        f"{m}_hi": s[m]["ci95"][1]})
+        if best_uni and h != best_uni:
+            d = paired_difference(cohort.y, run.result.oof, runs[best_uni].result.oof, "roc_auc", opts.bootstrap, opts.seed)
+            row["vs_best_unimodal"] = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + \
+                (" within noise" if d["within_noise"] else "")
+            row["within_noise"] = d["within_noise"]
+        else:
+            row["vs_best_unimodal"] = "best unimodal" if h == best_uni else ""
+            row["within_noise"] = None
+        rows.append(row)
+    rows.sort(key=lambda r: -(r["roc_auc_mean"] or 0))
+    if out is not None:
+        note = (f"{len(cohort.patient_ids)} patients, {assign.shape[0]} x {int(assign.max()) + 1}-fold "
+                f"{opts.split}-level CV, {time.perf_counter() - t0:.1f} s in all.")
+        if simulated:
+            note += " Image bags and/or genes are SIMULATED (fusion simulate): see the store's provenance."
+        write_leaderboard(Path(out), rows, cohort.classes[1], note)
+    return rows, runs

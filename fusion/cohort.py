@@ -1,0 +1,120 @@
+"""Join a slide feature set, a gene table and labels by patient, and say what was joined and dropped."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featstore.store import Store
+from featstore.tables import read_labels
+
+
+@dataclass
+class Cohort:
+    patient_ids: list[str]
+    y: np.ndarray  # 1 = positive (minority) class
+    classes: tuple[str, str]  # (negative, positive)
+    genes: np.ndarray | None  # (P, G) float32, NaN rows for patients without expression
+    gene_ids: list[str]
+    slides: dict[str, list[str]]  # patient -> slide ids in the feature set
+    feature_set: str | None
+    gene_table: str | None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def has_genes(self) -> np.ndarray:
+        if self.genes is None:
+            return np.zeros(len(self.patient_ids), bool)
+        return ~np.isnan(self.genes).all(axis=1)
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return np.array([bool(self.slides.get(p)) for p in self.patient_ids])
+
+    def subset(self, keep: np.ndarray) -> "Cohort":
+        idx = np.flatnonzero(keep)
+        return Cohort([self.patient_ids[i] for i in idx], self.y[idx], self.classes,
+                      None if self.genes is None else self.genes[idx], self.gene_ids,
+                      {self.patient_ids[i]: self.slides.get(self.patient_ids[i], []) for i in idx},
+                      self.feature_set, self.gene_table, dict(self.summary))
+
+
+def load_cohort(store: Store, features: str | None = None, genes: str | None = None,
+                labels: str | Path | None = None, label_map: str | None = "pam50-binary",
+                use_genes: bool = True, use_image: bool = True, missing: str = "drop",
+                label_id_column: str = "patient_id", label_column: str = "label") -> Cohort:
+    """Build the cohort for a head that uses ``use_genes``/``use_image``.
+
+    ``labels`` is a CSV path (read with ``label_map``) or the name of a labels table in the store
+    (default: the only one). ``missing="drop"`` keeps patients with every modality the head uses;
+    ``"mask"`` keeps patients with at least one, for modality-masked training.
+    """
+    if missing not in ("drop", "mask"):
+        raise ValueError(f"missing must be 'drop' or 'mask', got {missing!r}")
+    if labels is not None and Path(str(labels)).suffix.lower() in (".csv", ".tsv", ".gz", ".txt"):
+        table, _ = read_labels(labels, id_column=label_id_column, label_column=label_column, label_map=label_map)
+    else:
+        table = store.read_labels(None if labels is None else str(labels))
+    counts = Counter(table.labels)
+    if len(counts) != 2:
+        raise ValueError(f"binary classification needs exactly two classes, the labels have {dict(counts)}")
+    # The positive class is the minority one (Basal_Her2 under pam50-binary); ties broken by name.
+    positive = table.provenance.get("positive_class") or min(counts, key=lambda c: (counts[c], c))
+    negative = next(c for c in counts if c != positive)
+    label_of = dict(zip(table.patient_ids, table.labels))
+
+    gene_values, gene_ids, gene_name, gene_index = None, [], None, {}
+    if use_genes:
+        gene_name = store.resolve("expression", genes)
+        expr = store.read_expression(gene_name)
+        gene_values, gene_ids = expr.values, expr.gene_ids
+        gene_index = {p: i for i, p in enumerate(expr.patient_ids)}
+    slides: dict[str, list[str]] = defaultdict(list)
+    fs_name = None
+    if use_image:
+        fs_name = store.resolve("features", features)
+        for sid in store.slides(fs_name):
+            slides[store.slide_attrs(fs_name, sid)["patient_id"]].append(sid)
+
+    patients = sorted(label_of)
+    has_g = np.array([p in gene_index for p in patients]) if use_genes else np.zeros(len(patients), bool)
+    has_i = np.array([p in slides for p in patients]) if use_image else np.zeros(len(patients), bool)
+    needed = [m for m, used in (("genes", use_genes), ("image", use_image)) if used]
+    if missing == "drop":
+        keep = np.ones(len(patients), bool)
+        if use_genes:
+            keep &= has_g
+        if use_image:
+            keep &= has_i
+    else:
+        keep = has_g | has_i
+    kept = [p for p, k in zip(patients, keep) if k]
+    if not kept:
+        raise ValueError(f"no labelled patient has {' and '.join(needed)}; check that patient ids match "
+                         f"(labels e.g. {patients[:3]}, slides e.g. {list(slides)[:3]}, genes e.g. {list(gene_index)[:3]})")
+    genes_arr = None
+    if use_genes:
+        genes_arr = np.full((len(kept), len(gene_ids)), np.nan, np.float32)
+        for i, p in enumerate(kept):
+            if p in gene_index:
+                genes_arr[i] = gene_values[gene_index[p]]
+    y = np.array([label_of[p] == positive for p in kept], dtype=np.int64)
+    summary = {
+        "labelled_patients": len(patients),
+        "patients": len(kept),
+        "classes": {negative: int((y == 0).sum()), positive: int((y == 1).sum())},
+        "positive_class": positive,
+        "with_genes": int(has_g.sum()) if use_genes else None,
+        "with_image": int(has_i.sum()) if use_image else None,
+        "dropped_missing_modality": int(len(patients) - keep.sum()),
+        "missing_genes_kept": int((keep & ~has_g).sum()) if use_genes and missing == "mask" else 0,
+        "missing_image_kept": int((keep & ~has_i).sum()) if use_image and missing == "mask" else 0,
+        "excluded_labels": table.provenance.get("excluded", {}),
+        "slides": int(sum(len(slides[p]) for p in kept)) if use_image else None,
+        "missing": missing,
+    }
+    return Cohort(kept, y, (negative, positive), genes_arr, gene_ids, {p: slides.get(p, []) for p in kept},
+                  fs_name, gene_name, summary)

@@ -1,0 +1,118 @@
+"""Binary metrics, vectorised over bootstrap resamples, with patient-level CIs and paired comparisons.
+
+scikit-learn computes one metric for one sample; a CI needs thousands, so the metrics are written
+here as array operations over a ``(resamples, n)`` matrix and checked against scikit-learn in tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+METRICS = ("f1", "pr_auc", "roc_auc", "accuracy", "balanced_accuracy", "brier")
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return a[None] if a.ndim == 1 else a
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC per row (ties count one half); NaN where a row has one class only."""
+    y, p = _rows(y), _rows(p)
+    ranks = rankdata(p, axis=1)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_precision(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """PR-AUC as average precision (step-wise, ties grouped as scikit-learn does)."""
+    y, p = _rows(y).astype(float), _rows(p)
+    order = np.argsort(-p, axis=1, kind="stable")
+    ys = np.take_along_axis(y, order, 1)
+    ps = np.take_along_axis(p, order, 1)
+    tp = ys.cumsum(1)
+    # Only the last position of each group of tied scores is a threshold.
+    last = np.ones_like(ps, bool)
+    last[:, :-1] = ps[:, :-1] != ps[:, 1:]
+    k = np.arange(1, ys.shape[1] + 1)
+    precision = tp / k
+    n_pos = ys.sum(1, keepdims=True)
+    # Recall gained at each threshold: true positives since the previous threshold.
+    at_threshold = np.where(last, tp, 0.0)
+    prev = np.zeros_like(at_threshold)
+    prev[:, 1:] = np.maximum.accumulate(at_threshold, axis=1)[:, :-1]
+    recall_gain = np.where(last, tp - prev, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (recall_gain * precision).sum(1) / n_pos[:, 0]
+
+
+def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    y, p = _rows(y).astype(bool), _rows(p)
+    pred = p >= threshold
+    tp = (pred & y).sum(1).astype(float)
+    fp = (pred & ~y).sum(1)
+    fn = (~pred & y).sum(1)
+    tn = (~pred & ~y).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        sens = tp / (tp + fn)
+        spec = tn / (tn + fp)
+    return {"f1": f1, "accuracy": (tp + tn) / y.shape[1], "balanced_accuracy": (sens + spec) / 2,
+            "brier": ((p - y) ** 2).mean(1)}
+
+
+def all_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    out = threshold_metrics(y, p, threshold)
+    out["roc_auc"] = roc_auc(y, p)
+    out["pr_auc"] = average_precision(y, p)
+    return {k: out[k] for k in METRICS}
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed: int = 0,
+                     idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats."""
+    idx = bootstrap_indices(len(y), resamples, seed) if idx is None else idx
+    per_repeat = [all_metrics(y[idx], oof[r][idx]) for r in range(oof.shape[0])]
+    return {k: np.nanmean([m[k] for m in per_repeat], axis=0) for k in METRICS}
+
+
+def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+    """Per-fold metrics and a summary {metric: mean, std over folds, ci95 from the pooled bootstrap}."""
+    folds = []
+    for r in range(assign.shape[0]):
+        for f in np.unique(assign[r]):
+            rows = assign[r] == f
+            m = all_metrics(y[rows], oof[r, rows])
+            folds.append({"repeat": r, "fold": int(f), "n_test": int(rows.sum()),
+                          **{k: _f(v[0]) for k, v in m.items()}})
+    boot = pooled_bootstrap(y, oof, resamples, seed)
+    summary = {}
+    for k in METRICS:
+        vals = np.array([f[k] for f in folds], float)
+        lo, hi = np.nanpercentile(boot[k], [2.5, 97.5])
+        summary[k] = {"mean": _f(np.nanmean(vals)), "std": _f(np.nanstd(vals, ddof=1) if len(vals) > 1 else 0.0),
+                      "ci95": [_f(lo), _f(hi)]}
+    return folds, summary
+
+
+def paired_difference(y: np.ndarray, oof_a: np.ndarray, oof_b: np.ndarray, metric: str = "roc_auc",
+                      resamples: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap of metric(a) - metric(b) on the same resampled patients (same folds)."""
+    idx = bootstrap_indices(len(y), resamples, seed)
+    a = pooled_bootstrap(y, oof_a, idx=idx)[metric]
+    b = pooled_bootstrap(y, oof_b, idx=idx)[metric]
+    d = a - b
+    lo, hi = np.nanpercentile(d, [2.5, 97.5])
+    return {"metric": metric, "mean": _f(np.nanmean(d)), "ci95": [_f(lo), _f(hi)],
+            "within_noise": bool(lo <= 0 <= hi)}
+
+
+def _f(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else round(v, 6)

@@ -1,0 +1,80 @@
+"""Writing results: metrics.json, predictions.csv, splits.csv, ROC/PR curves and the leaderboard."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fusion.metrics import METRICS
+from fusion.splits import write_splits
+
+
+def write_cv(out: Path, result, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_default))
+    with (out / "predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_id", "repeat", "fold", "y_true", "p_positive"])
+        for r in range(result.assign.shape[0]):
+            for i, p in enumerate(result.patient_ids):
+                w.writerow([p, r, int(result.assign[r, i]), int(result.y[i]), f"{result.oof[r, i]:.6f}"])
+    write_splits(out / "splits.csv", result.patient_ids, result.assign)
+    plot_curves(out / "curves.png", result, metrics)
+
+
+def plot_curves(path: Path, result, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
+    for r in range(result.oof.shape[0]):
+        fpr, tpr, _ = roc_curve(result.y, result.oof[r])
+        prec, rec, _ = precision_recall_curve(result.y, result.oof[r])
+        ax1.plot(fpr, tpr, lw=1.2, label=f"repeat {r}")
+        ax2.plot(rec, prec, lw=1.2, label=f"repeat {r}")
+    ax1.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax1.set(xlabel="false positive rate", ylabel="true positive rate",
+            title=f"ROC, AUC {metrics['summary']['roc_auc']['mean']}")
+    ax2.axhline(result.y.mean(), color="k", ls="--", lw=0.6)
+    ax2.set(xlabel="recall", ylabel="precision", title=f"PR (positive: {metrics['positive_class']})")
+    fig.suptitle(f"{metrics['head']}: pooled out-of-fold predictions" + (" (SIMULATED data)" if metrics.get("simulated") else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["head", "modalities"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "lo", "hi")] + \
+        ["seconds", "params", "vs_best_unimodal", "within_noise"]
+    with (out / "leaderboard.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in cols})
+    lines = [f"# Leaderboard (positive class: {positive})", "", note, "",
+             "| head | modalities | ROC-AUC | PR-AUC | F1 | bal. acc. | seconds | params | vs best unimodal (ROC-AUC) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def cell(m):
+            return f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+        lines.append(f"| {r['head']} | {r['modalities']} | {cell('roc_auc')} | {cell('pr_auc')} | {cell('f1')} | "
+                     f"{cell('balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} |")
+    lines += ["", "Mean ± std over folds, [95% CI] from a patient-level bootstrap of pooled out-of-fold predictions. "
+              "'within noise': the paired bootstrap CI of the ROC-AUC difference to the best unimodal head "
+              "contains 0."]
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+
+
+def _default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))

@@ -1,0 +1,74 @@
+"""Patient-level folds: label-stratified, or site-preserved (no TCGA tissue source site on both sides)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from featstore.barcodes import site_of
+
+
+def make_splits(patient_ids: list[str], y: np.ndarray, folds: int = 5, repeats: int = 1, seed: int = 0,
+                by: str = "patient") -> np.ndarray:
+    """Fold number of every patient for every repeat: an ``(repeats, patients)`` int array."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < folds:
+        raise ValueError(f"the smaller class has {counts.min()} patients, fewer than {folds} folds")
+    out = np.empty((repeats, len(patient_ids)), np.int64)
+    if by == "site":
+        sites = [site_of(p) for p in patient_ids]
+        if any(s is None for s in sites):
+            bad = [p for p, s in zip(patient_ids, sites) if s is None][:3]
+            raise ValueError(f"--split site needs TCGA patient barcodes; these are not: {bad}")
+        if len(set(sites)) < folds:
+            raise ValueError(f"{len(set(sites))} tissue source sites cannot fill {folds} site-preserved folds")
+    elif by != "patient":
+        raise ValueError(f"split must be 'patient' or 'site', got {by!r}")
+    for r in range(repeats):
+        if by == "site":
+            splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r)
+            parts = splitter.split(np.zeros(len(y)), y, groups=sites)
+        else:
+            parts = StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y)
+        for f, (_, test) in enumerate(parts):
+            out[r, test] = f
+    return out
+
+
+def split_balance(assign: np.ndarray, y: np.ndarray) -> list[dict]:
+    """Per repeat and fold: test size and positive share, to report how well a split kept class balance."""
+    return [{"repeat": r, "fold": int(f), "n_test": int((assign[r] == f).sum()),
+             "positive_share": float(y[assign[r] == f].mean())}
+            for r in range(assign.shape[0]) for f in np.unique(assign[r])]
+
+
+def write_splits(path: str | Path, patient_ids: list[str], assign: np.ndarray) -> None:
+    with Path(path).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_id", "repeat", "fold"])
+        for r in range(assign.shape[0]):
+            for p, f in zip(patient_ids, assign[r]):
+                w.writerow([p, r, int(f)])
+
+
+def read_splits(path: str | Path, patient_ids: list[str]) -> np.ndarray:
+    """Read ``splits.csv``; every cohort patient must have a fold in every repeat."""
+    rows = list(csv.DictReader(Path(path).open(newline="")))
+    if not rows or not {"patient_id", "repeat", "fold"} <= set(rows[0]):
+        raise ValueError(f"{path}: a splits file has columns patient_id, repeat, fold")
+    repeats = max(int(r["repeat"]) for r in rows) + 1
+    index = {p: i for i, p in enumerate(patient_ids)}
+    out = np.full((repeats, len(patient_ids)), -1, np.int64)
+    for row in rows:
+        if row["patient_id"] in index:
+            out[int(row["repeat"]), index[row["patient_id"]]] = int(row["fold"])
+    missing = [(r, patient_ids[i]) for r, i in zip(*np.nonzero(out < 0))]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} cohort patients have no fold (e.g. repeat {missing[0][0]}, "
+                         f"patient {missing[0][1]})")
+    return out

@@ -1,0 +1,260 @@
+"""Cross-validation of one head: every fold of every repeat trains together, leakage-free.
+
+For M = repeats x folds models, the inputs are preprocessed per model (fitted on that model's training
+rows only) and stacked into ``(M, P, ...)`` tensors; each optimiser step draws a minibatch per model
+from its own inner-training rows and advances all M at once. Early stopping watches each model's inner
+validation loss (a stratified part of its training rows, never its test fold) and restores each
+model's best weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from fusion.cohort import Cohort
+from fusion.heads import GENES, IMAGE, HeadSpec, get_head
+from fusion.preprocess import fit_gene_transform, fit_token_pca
+from fusion.views import View
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    patience: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    inner_val: float = 0.15
+    top_genes: int | None = 2000
+    token_dim: int | None = 128  # fold-local PCA of the tokens; None keeps the encoder's dimension
+    snn: bool = False
+    threads: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class FoldData:
+    """Inputs of the M models, each preprocessed by transforms fitted on its own training rows."""
+
+    genes: torch.Tensor  # (M, P, G)
+    tokens: torch.Tensor  # (M, P, K, D)
+    mask: torch.Tensor  # (P, K)
+    weights: torch.Tensor  # (P, K)
+    gene_present: torch.Tensor  # (P,)
+    image_present: torch.Tensor  # (P,)
+    train: list[np.ndarray]  # inner-training rows per model
+    val: list[np.ndarray]  # inner-validation rows per model
+    test: list[np.ndarray]
+    fitted: list[dict] = field(default_factory=list)  # what each model's transforms were fitted on
+
+
+@dataclass
+class CVResult:
+    head: str
+    patient_ids: list[str]
+    y: np.ndarray
+    assign: np.ndarray  # (R, P) fold of each patient
+    oof: np.ndarray  # (R, P) out-of-fold P(positive)
+    seconds: float
+    n_params: int
+    epochs: list[int]
+    fitted: list[dict]
+    permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (R, P) predictions
+
+
+def _model_rows(assign: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    out = []
+    for r in range(assign.shape[0]):
+        for f in np.unique(assign[r]):
+            test = np.flatnonzero(assign[r] == f)
+            train_all = np.flatnonzero(assign[r] != f)
+            tr, val = train_test_split(train_all, test_size=cfg.inner_val, stratify=y[train_all],
+                                       random_state=cfg.seed + 1000 * r + int(f))
+            out.append((r, int(f), np.sort(tr), np.sort(val), test))
+    return out
+
+
+def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarray, cfg: TrainConfig,
+            exclude_genes: np.ndarray | None = None) -> FoldData:
+    rows = _model_rows(assign, cohort.y, cfg)
+    p = len(cohort.patient_ids)
+    use_g, use_i = GENES in spec.modalities, IMAGE in spec.modalities
+    genes_m, tokens_m, fitted = [], [], []
+    if use_i:
+        vrows = view.rows(cohort.patient_ids) if view is not None else None
+        raw_tokens = view.tokens[vrows] if vrows is not None else None
+        mask = view.mask[vrows]
+        weights = view.weights[vrows]
+    else:
+        mask, weights = np.ones((p, 1), bool), np.ones((p, 1), np.float32)
+    gene_present = cohort.has_genes if use_g else np.zeros(p, bool)
+    image_present = cohort.has_image if use_i else np.zeros(p, bool)
+    for r, f, tr, val, test in rows:
+        fit_rows = np.concatenate([tr, val])  # the fold's whole training part; the test fold never
+        record = {"repeat": r, "fold": f, "test": test}
+        if use_g:
+            gt = fit_gene_transform(cohort.genes, fit_rows[gene_present[fit_rows]], cfg.top_genes, exclude_genes)
+            genes_m.append(np.nan_to_num(gt.apply(cohort.genes)))
+            record["genes_fitted_on"] = gt.fitted_on
+        if use_i:
+            if cfg.token_dim is not None and cfg.token_dim < raw_tokens.shape[-1]:
+                pca = fit_token_pca(raw_tokens, mask, fit_rows[image_present[fit_rows]], cfg.token_dim, cfg.seed)
+                tokens_m.append(pca.apply(raw_tokens) * mask[..., None])
+                record["tokens_fitted_on"] = pca.fitted_on
+            else:
+                tokens_m.append(raw_tokens)
+        fitted.append(record)
+    m = len(rows)
+    genes_t = torch.from_numpy(np.stack(genes_m)) if use_g else torch.zeros(m, p, 1)
+    tokens_t = torch.from_numpy(np.stack(tokens_m).astype(np.float32)) if use_i else torch.zeros(m, p, 1, 1)
+    return FoldData(genes_t, tokens_t, torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
+                    torch.from_numpy(gene_present), torch.from_numpy(image_present),
+                    [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], fitted)
+
+
+def _gather(data: FoldData, idx: torch.Tensor, perm: dict[str, torch.Tensor] | None = None):
+    """Minibatch ``idx`` (M, B) of every model; ``perm`` maps a modality to a row permutation (modality check)."""
+    m = torch.arange(idx.shape[0])[:, None]
+    gi = idx if not perm or GENES not in perm else perm[GENES][idx]
+    ii = idx if not perm or IMAGE not in perm else perm[IMAGE][idx]
+    genes = data.genes[m, gi] * data.gene_present[gi].unsqueeze(-1)
+    tokens = data.tokens[m, ii]
+    mask = data.mask[ii] & data.image_present[ii].unsqueeze(-1)
+    # A patient without image keeps one masked-in zero token so attention stays defined.
+    mask[..., 0] |= ~data.image_present[ii]
+    return genes, tokens, mask, data.weights[ii] * mask
+
+
+def _padded(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(r) for r in rows)
+    idx = np.zeros((len(rows), n), np.int64)
+    valid = np.zeros((len(rows), n), bool)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)], valid[i, : len(r)] = r, True
+    return torch.from_numpy(idx), torch.from_numpy(valid)
+
+
+def _predict(model, data: FoldData, rows: torch.Tensor, chunk: int = 512, perm=None) -> torch.Tensor:
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, rows.shape[1], chunk):
+            out.append(model(*_gather(data, rows[:, s:s + chunk], perm)))
+    return torch.cat(out, dim=1)
+
+
+def train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None = None):
+    """Fit the M models of a torch head together; returns the model (best weights restored) and epochs run."""
+    # Initialisation and dropout draw from torch's global generator: seed it, inside a fork so the
+    # caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _train_torch(spec, data, y, cfg, head_kwargs)
+
+
+def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None):
+    m = data.genes.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = spec.build(m, data.genes.shape[-1], data.tokens.shape[-1], snn=cfg.snn, **(head_kwargs or {}))
+    yt = torch.from_numpy(y).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos_weight = torch.tensor([(len(r) - y[r].sum()) / max(y[r].sum(), 1) for r in data.train]).float()[:, None]
+    val_idx, val_valid = _padded(data.val)
+    best = torch.full((m,), float("inf"))
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stale = torch.zeros(m, dtype=torch.long)
+    epochs_run = np.zeros(m, int)
+    n_train = max(len(r) for r in data.train)
+    steps = max(1, -(-n_train // cfg.batch_size))
+    for epoch in range(cfg.epochs):
+        # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
+        order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-steps * cfg.batch_size // len(r)))[: steps * cfg.batch_size]
+                             for r in data.train])
+        model.train()
+        active = (stale < cfg.patience).float()[:, None]
+        for s in range(steps):
+            idx = order[:, s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            logits = model(*_gather(data, idx))
+            target = yt[idx]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, target, pos_weight=pos_weight.expand_as(logits), reduction="none")
+            # Models that have stopped contribute no gradient; their best weights are already saved.
+            (loss * active).mean(dim=1).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        logits = _predict(model, data, val_idx)
+        vloss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[val_idx], reduction="none")
+        vloss = (vloss * val_valid).sum(1) / val_valid.sum(1)
+        improved = (vloss < best - 1e-4) & (stale < cfg.patience)
+        epochs_run += (stale < cfg.patience).numpy()
+        if improved.any():
+            best = torch.where(improved, vloss, best)
+            for k, v in model.state_dict().items():
+                if v.dim() and v.shape[0] == m:
+                    best_state[k][improved] = v.detach()[improved]
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        if (stale >= cfg.patience).all():
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, epochs_run.tolist()
+
+
+def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | None = None,
+                   cfg: TrainConfig = TrainConfig(), exclude_genes: np.ndarray | None = None,
+                   modality_check: bool = True, head_kwargs: dict | None = None) -> CVResult:
+    """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``."""
+    spec = get_head(head)
+    if IMAGE in spec.modalities and view is None:
+        raise ValueError(f"head {head!r} uses image bags; pass a view")
+    if GENES in spec.modalities and cohort.genes is None:
+        raise ValueError(f"head {head!r} uses genes; the cohort has none")
+    t0 = time.perf_counter()
+    prev_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        data = prepare(cohort, view, spec, assign, cfg, exclude_genes)
+        y = cohort.y
+        oof = np.full(assign.shape, np.nan)
+        permuted: dict[str, np.ndarray] = {}
+        m = len(data.test)
+        if spec.kind == "sklearn":
+            fit_predict = spec.build(cfg.seed, cfg.threads or 1)
+            n_params, epochs = 0, [0] * m
+            for i, rec in enumerate(data.fitted):
+                x = data.genes[i].numpy()
+                p, n_params = fit_predict(x[data.train[i]], y[data.train[i]], x[data.val[i]], y[data.val[i]], x)
+                oof[rec["repeat"], data.test[i]] = p[data.test[i]]
+        else:
+            model, epochs = train_torch(spec, data, y, cfg, head_kwargs)
+            n_params = sum(p.numel() for p in model.parameters()) // m
+            test_idx, test_valid = _padded(data.test)
+            probs = torch.sigmoid(_predict(model, data, test_idx)).numpy()
+            _scatter(oof, data, probs, test_valid.numpy())
+            if modality_check and spec.multimodal:
+                # Permute one modality across the patients of each test fold, keep the other.
+                for modality in (GENES, IMAGE):
+                    g = torch.Generator().manual_seed(cfg.seed + 7)
+                    perm = torch.arange(len(y))
+                    for rows in data.test:
+                        r = torch.from_numpy(rows)
+                        perm[r] = r[torch.randperm(len(r), generator=g)]
+                    pp = torch.sigmoid(_predict(model, data, test_idx, perm={modality: perm})).numpy()
+                    permuted[modality] = np.full(assign.shape, np.nan)
+                    _scatter(permuted[modality], data, pp, test_valid.numpy())
+    finally:
+        torch.set_num_threads(prev_threads)
+    return CVResult(head, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, int(n_params),
+                    list(map(int, epochs)), data.fitted, permuted)
+
+
+def _scatter(out: np.ndarray, data: FoldData, probs: np.ndarray, valid: np.ndarray) -> None:
+    for i, rec in enumerate(data.fitted):
+        rows = data.test[i]
+        out[rec["repeat"], rows] = probs[i, valid[i]]

@@ -1,0 +1,195 @@
+"""Extraction on real slides: mpp, failures per slide, resume after SIGKILL, coordinates, Dask equals local."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import featstore
+from featstore.encoders import WeightsError, build_encoder
+from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, read_patch, shard
+from featstore.slides import open_slide
+from featstore.tiling import Geometry
+
+from .conftest import CMU, TCGA_NO_MPP, TILES
+
+pytestmark = pytest.mark.shared
+CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+
+
+def _slides(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    for i in range(3):
+        shutil.copy(CMU, d / f"CMU-copy{i}.svs")
+    data = CMU.read_bytes()
+    (d / "truncated.svs").write_bytes(data[: len(data) // 3])
+    (d / "not-a-slide.svs").write_text("this is not a slide\n")
+    return d
+
+
+def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
+    store = tmp_path / "s.zarr"
+    report = extract(find_slides([CMU]), store, CFG, batch_size=16, num_workers=1)
+    assert report.failed == {} and report.done == ["CMU-1-Small-Region"]
+    with featstore.open(store) as s:
+        sl = s.read_slide(None, "CMU-1-Small-Region")
+        prov = sl.attrs["provenance"]
+        assert prov["slide_mpp"] == pytest.approx(0.499) and prov["mpp_source"].startswith("metadata")
+        assert prov["patch_size_level0"] == round(64 * 2.0 / 0.499)
+        assert prov["weights"] == "random:0" and prov["encoder"] == "resnet50-trunc"
+        assert sl.features.shape[1] == 1024 and len(sl.features) > 10
+        assert (sl.tissue_fraction >= CFG.min_tissue).all()
+        assert s.validate() == []
+    # Re-read three stored coordinates from the slide and embed them: the stored rows come back.
+    enc = build_encoder("resnet50-trunc", "random", 0)
+    embed = PatchEmbedder(enc, torch.device("cpu"), "fp32")
+    with open_slide(CMU) as reader:
+        geom = Geometry.for_slide(2.0, 64, reader.mpp, reader.level_downsamples)
+        rows = [0, len(sl.coords) // 2, len(sl.coords) - 1]
+        patches = np.stack([read_patch(reader, geom, *sl.coords[r]) for r in rows])
+    again = embed(torch.from_numpy(patches)).numpy()
+    np.testing.assert_allclose(again, sl.features[rows].astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_slide_without_mpp_fails_alone_then_succeeds_with_manifest(tmp_path):
+    store = tmp_path / "s.h5"
+    report = extract(find_slides([TCGA_NO_MPP, CMU]), store, CFG, num_workers=0)
+    assert list(report.failed) == ["TCGA-CR-7395-01A-01-TS1"]
+    assert "no mpp" in report.failed["TCGA-CR-7395-01A-01-TS1"]
+    assert report.exit_code == 2
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,mpp\n{TCGA_NO_MPP},0.25\n")
+    report = extract(find_slides([manifest]), store, CFG, num_workers=0)
+    assert report.done == ["TCGA-CR-7395-01A-01-TS1"] and report.exit_code == 0
+    with featstore.open(store) as s:
+        assert s.failures() == {}
+        attrs = s.slide_attrs(None, "TCGA-CR-7395-01A-01-TS1")
+        assert attrs["patient_id"] == "TCGA-CR-7395"
+        assert attrs["provenance"]["mpp_source"] == "given" and attrs["provenance"]["slide_mpp"] == 0.25
+
+
+def test_tiles_as_images_and_as_a_tile_folder(tmp_path):
+    store = tmp_path / "t.zarr"
+    report = extract(find_slides([TILES]), store, CFG, mpp_default=0.5, num_workers=1)
+    assert "no-tissue" in report.failed and "no tissue" in report.failed["no-tissue"]
+    assert "tcga-lung-rgb" in report.done
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide_path,slide_id,patient_id,mpp\n{TILES},histolab-tiles,P1,0.5\n")
+    report = extract(find_slides([manifest]), store, CFG, name="folder", num_workers=0)
+    assert report.done == ["histolab-tiles"]
+    with featstore.open(store) as s:
+        attrs = s.slide_attrs("folder", "histolab-tiles")
+        tiles = attrs["provenance"]["tiles"]
+        assert [t["file"] for t in tiles] == sorted(p.name for p in TILES.glob("*.png"))
+        assert s.validate() == []
+
+
+def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
+    d = _slides(tmp_path)
+    store = tmp_path / "s.zarr"
+    events = []
+    report = extract(find_slides([d]), store, CFG, num_workers=2, on_event=events.append)
+    assert sorted(report.done) == ["CMU-copy0", "CMU-copy1", "CMU-copy2"]
+    assert set(report.failed) == {"truncated", "not-a-slide"}
+    assert "cannot open" in report.failed["not-a-slide"]
+    assert {e["event"] for e in events} >= {"run_start", "slide_done", "slide_failed", "run_end", "progress"}
+    assert (tmp_path / "s.zarr.events.jsonl").read_text().count("slide_done") == 3
+    again = extract(find_slides([d]), store, CFG, num_workers=0)
+    assert sorted(again.skipped) == ["CMU-copy0", "CMU-copy1", "CMU-copy2"] and again.done == []
+    os.utime(d / "CMU-copy1.svs", (time.time() + 5, time.time() + 5))
+    again = extract(find_slides([d]), store, CFG, num_workers=0)
+    assert again.done == ["CMU-copy1"]
+    with pytest.raises(featstore.StoreError, match="another config"):
+        extract(find_slides([d]), store, ExtractConfig(encoder="resnet50-trunc", patch_size=96, target_mpp=2.0))
+
+
+def test_shards_partition_the_slides(tmp_path):
+    specs = find_slides([_slides(tmp_path)])
+    parts = [shard(specs, i, 3) for i in range(3)]
+    assert sorted(s.slide_id for p in parts for s in p) == sorted(s.slide_id for s in specs)
+
+
+KILLER = """
+import sys
+from featstore.extract import ExtractConfig, extract, find_slides
+cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=1.0)
+extract(find_slides([sys.argv[1]]), sys.argv[2], cfg, batch_size=8, num_workers=0,
+        on_event=lambda e: print(e["event"], flush=True))
+"""
+
+
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    for i in range(4):
+        shutil.copy(CMU, d / f"S{i}.svs")
+    killed = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(d), str(killed)], stdout=subprocess.PIPE, text=True)
+    done = 0
+    for line in proc.stdout:
+        done += line.strip() == "slide_done"
+        if done == 1 and line.strip() == "progress":
+            os.kill(proc.pid, signal.SIGKILL)  # mid-way through the second slide
+            break
+    proc.wait()
+    with featstore.open(killed) as s:
+        assert len(s.slides()) == 1 and s.validate() == []
+    subprocess.run([sys.executable, "-c", KILLER, str(d), str(killed)], check=True, capture_output=True)
+    clean = tmp_path / "clean.zarr"
+    subprocess.run([sys.executable, "-c", KILLER, str(d), str(clean)], check=True, capture_output=True)
+    with featstore.open(killed) as a, featstore.open(clean) as b:
+        assert a.slides() == b.slides() == ["S0", "S1", "S2", "S3"]
+        assert a.validate() == []
+        for sid in a.slides():
+            x, y = a.read_slide(None, sid), b.read_slide(None, sid)
+            np.testing.assert_array_equal(x.coords, y.coords)
+            np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), atol=1e-2)
+
+
+def test_dask_local_cluster_equals_local_run(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    for i in range(3):
+        shutil.copy(CMU, d / f"S{i}.svs")
+    (d / "broken.svs").write_text("nope")
+    local, dist = tmp_path / "local.zarr", tmp_path / "dask.zarr"
+    r1 = extract(find_slides([d]), local, CFG, num_workers=0)
+    r2 = extract(find_slides([d]), dist, CFG, dask_workers=2)
+    assert sorted(r1.done) == sorted(r2.done) == ["S0", "S1", "S2"]
+    assert list(r2.failed) == ["broken"]
+    with featstore.open(local) as a, featstore.open(dist) as b:
+        assert b.validate() == []
+        for sid in a.slides():
+            np.testing.assert_array_equal(a.read_slide(None, sid).coords, b.read_slide(None, sid).coords)
+            np.testing.assert_allclose(a.read_slide(None, sid).features.astype(np.float32),
+                                       b.read_slide(None, sid).features.astype(np.float32), atol=1e-2)
+    with pytest.raises(featstore.StoreError, match="HDF5 store"):
+        extract(find_slides([d]), tmp_path / "x.h5", CFG, dask_workers=1)
+
+
+def test_weights_resolution_is_offline_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError, match="not in the torch hub cache .*resnet50-0676ba61.pth"):
+        build_encoder("resnet50", "imagenet")
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_encoder("resnet50", str(tmp_path / "absent.pth"))
+    enc = build_encoder("resnet50", "random", seed=3)
+    path = tmp_path / "hub" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"module." + k: v for k, v in enc.model.state_dict().items()}, path)
+    loaded = build_encoder("resnet50", "imagenet")
+    assert loaded.weights_id.startswith("sha256:")
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.model(x), enc.model(x))
+    torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match="do not fit"):
+        build_encoder("resnet50", str(tmp_path / "bad.pth"))
