@@ -55,7 +55,7 @@ class ExtractConfig:
     min_tissue: float = 0.25
     precision: str = "auto"
     dtype: str = "float16"
-    thumbnail_side: int = 2048
+    thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
 
     def __post_init__(self) -> None:

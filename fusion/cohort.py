@@ -34,7 +34,7 @@ class Cohort:
     def has_image(self) -> np.ndarray:
         return np.array([bool(self.slides.get(p)) for p in self.patient_ids])
 
-    def subset(self, keep: np.ndarray) -> "Cohort":
+    def subset(self, keep: np.ndarray) -> Cohort:
         idx = np.flatnonzero(keep)
         return Cohort([self.patient_ids[i] for i in idx], self.y[idx], self.classes,
                       None if self.genes is None else self.genes[idx], self.gene_ids,

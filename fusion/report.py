@@ -61,11 +61,12 @@ def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> 
     lines = [f"# Leaderboard (positive class: {positive})", "", note, "",
              "| head | modalities | ROC-AUC | PR-AUC | F1 | bal. acc. | seconds | params | vs best unimodal (ROC-AUC) |",
              "|---|---|---|---|---|---|---|---|---|"]
+    def cell(r: dict, m: str) -> str:
+        return f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+
     for r in rows:
-        def cell(m):
-            return f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
-        lines.append(f"| {r['head']} | {r['modalities']} | {cell('roc_auc')} | {cell('pr_auc')} | {cell('f1')} | "
-                     f"{cell('balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} |")
+        lines.append(f"| {r['head']} | {r['modalities']} | {cell(r, 'roc_auc')} | {cell(r, 'pr_auc')} | {cell(r, 'f1')} | "
+                     f"{cell(r, 'balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} |")
     lines += ["", "Mean ± std over folds, [95% CI] from a patient-level bootstrap of pooled out-of-fold predictions. "
               "'within noise': the paired bootstrap CI of the ROC-AUC difference to the best unimodal head "
               "contains 0."]

@@ -171,9 +171,10 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     epochs_run = np.zeros(m, int)
     n_train = max(len(r) for r in data.train)
     steps = max(1, -(-n_train // cfg.batch_size))
-    for epoch in range(cfg.epochs):
+    span = steps * cfg.batch_size
+    for _ in range(cfg.epochs):
         # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
-        order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-steps * cfg.batch_size // len(r)))[: steps * cfg.batch_size]
+        order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-span // len(r)))[:span]
                              for r in data.train])
         model.train()
         active = (stale < cfg.patience).float()[:, None]

@@ -146,7 +146,13 @@ def test_splits_file_round_trip(tmp_path):
 
 
 def test_vectorised_metrics_match_scikit_learn():
-    from sklearn.metrics import average_precision_score, balanced_accuracy_score, brier_score_loss, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        average_precision_score,
+        balanced_accuracy_score,
+        brier_score_loss,
+        f1_score,
+        roc_auc_score,
+    )
 
     rng = np.random.default_rng(0)
     for _ in range(100):

@@ -1,0 +1,105 @@
+"""End-to-end `featstore extract` throughput vs the bare model, same machine, batch size and precision.
+
+Volume: N copies of the real CMU-1-Small-Region.svs (OpenSlide test data). Prints a table and appends
+the figures with the machine to benchmarks/RESULTS.md. Usage:
+    python benchmarks/extract_throughput.py [--copies 40] [--device auto] [--batch-size 128] [--encoder resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from featstore.encoders import build_encoder  # noqa: E402
+from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, resolve_device, resolve_precision  # noqa: E402
+
+SLIDE = next(p for p in (ROOT.parent / "shared" / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs",
+                         ROOT / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs") if p.exists())
+
+
+def bare_throughput(embed: PatchEmbedder, batch: int, size: int, seconds: float) -> float:
+    x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    if embed.device.type == "cuda":
+        x = x.pin_memory()
+    for _ in range(3):
+        embed(x)
+    sync = torch.cuda.synchronize if embed.device.type == "cuda" else (lambda: None)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        embed(x)
+        n += batch
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--encoder", default="resnet50")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--num-workers", type=int, default=None)
+    ap.add_argument("--target-mpp", type=float, default=0.5)
+    ap.add_argument("--min-tissue", type=float, default=0.0)
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    dev = resolve_device(args.device)
+    precision = resolve_precision(args.precision, dev)
+    cfg = ExtractConfig(encoder=args.encoder, weights="random", target_mpp=args.target_mpp, precision=args.precision,
+                        min_tissue=args.min_tissue)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "slides"
+        d.mkdir()
+        for i in range(args.copies):
+            shutil.copy(SLIDE, d / f"CMU-{i:03d}.svs")
+        specs = find_slides([d])
+        # Warm-up run on one slide (model load, worker start-up) kept out of the figures.
+        extract(specs[:1], Path(tmp) / "warm.zarr", cfg, device=args.device, batch_size=args.batch_size,
+                num_workers=args.num_workers)
+        t0 = time.perf_counter()
+        report = extract(specs, Path(tmp) / "bench.zarr", cfg, device=args.device, batch_size=args.batch_size,
+                         num_workers=args.num_workers)
+        wall = time.perf_counter() - t0
+    pipeline = report.patches / wall
+    embed = PatchEmbedder(build_encoder(args.encoder, "random"), dev, precision)
+    bare = bare_throughput(embed, args.batch_size, cfg.patch_size, seconds=max(5.0, min(wall, 20.0)))
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0.0
+    machine = (torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine())
+    cores = len(__import__("os").sched_getaffinity(0))
+    row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {dev.type} | {args.encoder} | {precision} | "
+           f"{args.batch_size} | {report.patches} | {pipeline:,.1f} | {bare:,.1f} | {pipeline / bare:.2f} | "
+           f"{peak_rss:,.0f} MiB RSS" + (f", {peak_gpu:,.0f} MiB GPU" if peak_gpu else "") + " |")
+    print("date | machine | device | encoder | precision | batch | patches | pipeline patches/s | bare model patches/s "
+          "| ratio | peak memory")
+    print(row)
+    results = Path(args.results)
+    if not results.exists() or "## Extraction throughput" not in results.read_text():
+        with results.open("a") as fh:
+            fh.write("\n## Extraction throughput (benchmarks/extract_throughput.py)\n\n"
+                     "| date | machine | device | encoder | precision | batch | patches | pipeline patches/s | "
+                     "bare model patches/s | ratio | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    text = results.read_text()
+    head, _, tail = text.partition("## Extraction throughput")
+    table_end = tail.find("\n\n", tail.find("|---"))
+    tail = tail[:table_end] + "\n" + row + tail[table_end:] if table_end != -1 else tail.rstrip("\n") + "\n" + row + "\n"
+    results.write_text(head + "## Extraction throughput" + tail)
+
+
+if __name__ == "__main__":
+    main()
