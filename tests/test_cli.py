@@ -10,7 +10,7 @@ from cli import featstore_app, fusion_app
 from .conftest import CMU, MIXOMICS
 
 pytestmark = pytest.mark.shared
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "250"})
 
 
 def test_featstore_commands(tmp_path):
