@@ -60,6 +60,15 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=dim)
 
 
+def log_prior(weights: torch.Tensor) -> torch.Tensor:
+    """Log of the share of the bag each token stands for.
+
+    Added to attention scores, it makes attention over K prototypes equal attention over all the
+    patches, with each patch scored like its prototype: sum over a cluster of exp(s) = n_k exp(s_k).
+    """
+    return torch.log(weights.clamp_min(1e-8))
+
+
 class GatedAttentionPool(nn.Module):
     """Gated attention pooling (Ilse et al. 2018): weights from tanh(Vh) * sigmoid(Uh), softmax over tokens."""
 
@@ -69,8 +78,11 @@ class GatedAttentionPool(nn.Module):
         self.u = FoldLinear(models, dim, hidden)
         self.w = FoldLinear(models, hidden, 1)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor,
+                prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
+        if prior is not None:
+            scores = scores + prior
         attn = masked_softmax(scores, mask, dim=-1)
         return (attn.unsqueeze(-1) * h).sum(-2), attn
 
@@ -85,13 +97,16 @@ class FoldMultiheadCrossAttention(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (FoldLinear(models, dim, dim) for _ in range(4))
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
+                key_prior: torch.Tensor | None = None) -> torch.Tensor:
         m, b, t, d = queries.shape
         k_len, h = keys.shape[2], self.heads
         q = self.q(queries).view(m, b, t, h, d // h).transpose(2, 3)  # (M, B, H, T, dh)
         k = self.k(keys).view(m, b, k_len, h, d // h).transpose(2, 3)
         v = self.v(keys).view(m, b, k_len, h, d // h).transpose(2, 3)
         scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (M, B, H, T, K)
+        if key_prior is not None:
+            scores = scores + key_prior[:, :, None, None, :]
         attn = masked_softmax(scores, key_mask[:, :, None, None, :], dim=-1)
         out = (attn @ v).transpose(2, 3).reshape(m, b, t, d)
         return self.o(out)

@@ -1,12 +1,17 @@
 """SIMULATED cohorts with planted, documented signal, for tests, the speed benchmark and the demo.
 
-Labels: ``y ~ Bernoulli(prevalence)``. Each patient has a latent score ``z = y - prevalence + noise``
-split into two parts, ``z_g`` (shown to the genes) and ``z_i`` (shown to the image) with
-``split``: 0 puts all signal in the genes, 1 all in the image, 0.5 half in each, so only a model
-that uses both modalities can recover it all.
+Each patient has two independent latent factors, ``z_g`` (shown to the genes) and ``z_i`` (shown to
+the image), both N(0, 1). The label is positive when ``sqrt(1 - split) * z_g + sqrt(split) * z_i`` is
+in its top ``prevalence`` share: ``split`` 0 puts all signal in the genes, 1 all in the image, 0.5
+half in each, so only a model that uses both modalities can recover it all. (With given
+``patient_ids`` and ``labels``, ``z_i`` is the standardised label plus N(0, 0.5) noise.)
 - Genes: ``n_informative_genes`` genes shifted by ``gene_signal * z_g``, the rest N(0, 1).
 - Image: each patient's bag holds ``patches`` patch embeddings N(0, 1) in ``dim`` dims; a fraction
-  ``informative_fraction`` of them is shifted by ``2 * image_signal * z_i`` along a fixed unit direction.
+  ``informative_fraction`` of them carries the signal along a fixed unit direction ``u``.
+  ``image_pattern="shift"``: they move by ``image_signal * z_i * u``, so the bag mean moves too.
+  ``image_pattern="minority"``: they move by ``3 * image_signal * max(z_i, 0) * u`` with a random sign
+  per patch, so the bag mean carries no signal in expectation and only a model that looks at single
+  patches (attention MIL) can find it.
 Everything written is marked ``simulated`` (feature-set config, slide provenance, table provenance).
 """
 
@@ -26,6 +31,7 @@ SIMULATED = "SIMULATED: synthetic data with planted signal (fusion.simulate), no
 def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim: int = 64, genes: int = 100,
                     prevalence: float = 0.3, gene_signal: float = 1.0, image_signal: float = 1.0,
                     split: float = 0.5, informative_fraction: float = 0.2, n_informative_genes: int = 10,
+                    image_pattern: str = "shift",
                     seed: int = 0, patient_ids: list[str] | None = None, labels: dict[str, str] | None = None,
                     feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None) -> Store:
     """Write a simulated cohort into the store ``out`` (created or extended) and return it open.
@@ -33,12 +39,17 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
     With ``patient_ids``/``labels`` (e.g. a real cohort's), image bags are simulated for those patients
     from their labels and nothing else is written: the demo's way to pair real genes with simulated slides.
     """
+    if image_pattern not in ("shift", "minority"):
+        raise ValueError(f"image_pattern must be 'shift' or 'minority', got {image_pattern!r}")
+    if not 0 <= split <= 1 or not 0 < prevalence < 1:
+        raise ValueError(f"split must be in [0, 1] and prevalence in (0, 1), got {split} and {prevalence}")
     rng = np.random.default_rng(seed)
     if patient_ids is None:
         patient_ids = [f"SIM-{i:05d}" for i in range(patients)]
-        y = (rng.random(len(patient_ids)) < prevalence).astype(int)
-        classes = ("Negative", "Positive")
-        label_names = [classes[v] for v in y]
+        z_g, z_i = rng.standard_normal(patients), rng.standard_normal(patients)
+        score = np.sqrt(1 - split) * z_g + np.sqrt(split) * z_i
+        y = (score > np.quantile(score, 1 - prevalence)).astype(int)
+        label_names = [("Negative", "Positive")[v] for v in y]
     else:
         if labels is None:
             raise ValueError("patient_ids needs labels")
@@ -46,21 +57,13 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         positive = min(counts, key=lambda c: (counts[c], c))
         y = np.array([labels[p] == positive for p in patient_ids], int)
         label_names = [labels[p] for p in patient_ids]
+        z_i = (y - y.mean()) / max(y.std(), 1e-8) + 0.5 * rng.standard_normal(len(y))
+        z_g = np.zeros(len(y))
     n = len(patient_ids)
-    prev = y.mean()
-    z = (y - prev) + 0.3 * rng.standard_normal(n)
-    share = rng.random(n) < split  # each patient's signal sits in the image with probability ``split``...
-    # ...and in the genes otherwise, plus a shared weaker copy so neither modality alone is useless.
-    z_i = np.where(share, z, 0.25 * z)
-    z_g = np.where(share, 0.25 * z, z)
-    if split == 0:
-        z_g, z_i = z, np.zeros(n)
-    elif split == 1:
-        z_g, z_i = np.zeros(n), z
     store = open_store(out, "a")
     provenance = {"simulated": True, "note": SIMULATED, "seed": seed, "split": split,
                   "gene_signal": gene_signal, "image_signal": image_signal,
-                  "informative_fraction": informative_fraction}
+                  "informative_fraction": informative_fraction, "image_pattern": image_pattern}
     config = {"source": "simulated", "note": SIMULATED, "dim": dim, "patches": patches, **provenance,
               "encoder": "simulated"}
     from featstore.provenance import config_hash
@@ -72,7 +75,11 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         bag = rng.standard_normal((patches, dim)).astype(np.float32)
         k = max(1, int(round(informative_fraction * patches)))
         rows = rng.choice(patches, k, replace=False)
-        bag[rows] += (image_signal * z_i[i] * 2.0) * direction
+        if image_pattern == "shift":
+            bag[rows] += (image_signal * z_i[i]) * direction
+        else:
+            signs = rng.choice([-1.0, 1.0], size=(k, 1))
+            bag[rows] += (image_signal * max(z_i[i], 0.0) * 3.0) * signs * direction
         coords = np.stack([np.arange(patches) * 224, np.zeros(patches)], 1).astype(np.int64)
         store.write_slide(feature_set, f"{p}-SIM", bag.astype(np.float16), coords, np.ones(patches, np.float32),
                           {"patient_id": p, "provenance": {**provenance, "informative_rows": np.sort(rows).tolist()}})

@@ -86,10 +86,7 @@ def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarra
     use_g, use_i = GENES in spec.modalities, IMAGE in spec.modalities
     genes_m, tokens_m, fitted = [], [], []
     if use_i:
-        vrows = view.rows(cohort.patient_ids) if view is not None else None
-        raw_tokens = view.tokens[vrows] if vrows is not None else None
-        mask = view.mask[vrows]
-        weights = view.weights[vrows]
+        raw_tokens, mask, weights = view.for_patients(cohort.patient_ids)
     else:
         mask, weights = np.ones((p, 1), bool), np.ones((p, 1), np.float32)
     gene_present = cohort.has_genes if use_g else np.zeros(p, bool)

@@ -26,9 +26,18 @@ class View:
     key: str
     cached: bool
 
-    def rows(self, patients: list[str]) -> np.ndarray:
+    def for_patients(self, patients: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokens, mask and weights in the order of ``patients``; patients without slides get empty bags."""
         index = {p: i for i, p in enumerate(self.patient_ids)}
-        return np.array([index[p] for p in patients], dtype=np.int64)
+        k, d = self.tokens.shape[1:]
+        tokens = np.zeros((len(patients), k, d), np.float32)
+        mask = np.zeros((len(patients), k), bool)
+        weights = np.zeros((len(patients), k), np.float32)
+        for i, p in enumerate(patients):
+            if p in index:
+                j = index[p]
+                tokens[i], mask[i], weights[i] = self.tokens[j], self.mask[j], self.weights[j]
+        return tokens, mask, weights
 
 
 def _kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, iters: int = 15) -> tuple[torch.Tensor, torch.Tensor]:

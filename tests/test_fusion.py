@@ -46,7 +46,8 @@ def brca(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sim_split(tmp_path_factory):
     path = tmp_path_factory.mktemp("sim") / "sim.zarr"
-    simulate_cohort(path, patients=240, patches=48, dim=32, genes=60, split=0.5, seed=3).close()
+    simulate_cohort(path, patients=300, patches=48, dim=32, genes=60, split=0.5, gene_signal=2.0, image_signal=2.0,
+                    seed=3).close()
     return path
 
 
@@ -100,17 +101,54 @@ def test_same_seed_same_metrics_and_splits_round_trip(sim_split, tmp_path):
     assert b.metrics["view"]["cached"] is True
 
 
-def test_every_multimodal_head_depends_on_both_inputs(sim_split):
-    _, runs = bench(sim_split, [h for h, s in HEADS.items() if s.multimodal], CVOptions(label_map=None, train=FAST))
-    for head, run in runs.items():
-        check = run.metrics["modality_check"]
+def test_fusion_heads_use_both_inputs_and_beat_both_unimodal_heads(sim_split, tmp_path):
+    """Signal split across the modalities: every fusion head must beat the best gene and image heads."""
+    rows, runs = bench(sim_split, "all", CVOptions(label_map=None), out=tmp_path)
+    auc = {r["head"]: r["roc_auc_mean"] for r in rows}
+    best_unimodal = max(auc[h] for h, s in HEADS.items() if not s.multimodal)
+    for head, spec in HEADS.items():
+        if not spec.multimodal:
+            continue
+        check = runs[head].metrics["modality_check"]
         assert check["genes"]["uses_modality"] and check["image"]["uses_modality"], head
         assert check["genes"]["mean_abs_change"] > 1e-3 and check["image"]["mean_abs_change"] > 1e-3, head
+        # Permuting either input costs the head accuracy: it relies on both.
+        assert check["genes"]["roc_auc"] < auc[head] - 0.05 and check["image"]["roc_auc"] < auc[head] - 0.05, head
+        assert auc[head] > best_unimodal + 0.03, (head, auc)
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "SIMULATED" in board and "best unimodal" in board
+
+
+def test_attention_mil_finds_a_minority_of_patches_that_mean_pooling_misses(tmp_path):
+    path = tmp_path / "minority.zarr"
+    simulate_cohort(path, patients=300, patches=64, dim=64, genes=10, split=1.0, image_pattern="minority",
+                    informative_fraction=0.1, seed=0).close()
+    rows, _ = bench(path, ["image_mean", "image_abmil"], CVOptions(label_map=None))
+    auc = {r["head"]: r["roc_auc_mean"] for r in rows}
+    assert auc["image_abmil"] > 0.7
+    assert auc["image_abmil"] > auc["image_mean"] + 0.15, auc
+
+
+def test_missing_modality_drop_or_mask(sim_split, tmp_path):
+    path = tmp_path / "missing.zarr"
+    import shutil
+
+    shutil.copytree(sim_split, path)
+    with featstore.open(path, "a") as s:
+        slides = s.slides()
+        for sid in slides[:30]:
+            s.delete_slide("simulated", sid)
+    dropped = cv(path, "concat", CVOptions(label_map=None, train=FAST))
+    assert dropped.metrics["n_patients"] == 270 and dropped.metrics["cohort"]["dropped_missing_modality"] == 30
+    masked = cv(path, "concat", CVOptions(label_map=None, missing="mask", train=FAST))
+    assert masked.metrics["n_patients"] == 300 and masked.metrics["cohort"]["missing_image_kept"] == 30
+    assert not np.isnan(masked.result.oof).any()
+    assert masked.metrics["summary"]["roc_auc"]["mean"] > 0.7
 
 
 def test_image_heads_are_at_chance_with_bags_shuffled_across_patients(tmp_path):
     path = tmp_path / "img.zarr"
-    simulate_cohort(path, patients=240, patches=48, dim=32, genes=10, split=1.0, seed=5).close()
+    simulate_cohort(path, patients=240, patches=48, dim=32, genes=10, split=1.0, image_signal=2.0, seed=5).close()
     real = cv(path, "image_mean", CVOptions(label_map=None, train=FAST))
     assert real.metrics["summary"]["roc_auc"]["mean"] > 0.75
     with featstore.open(path, "a") as s:
