@@ -276,33 +276,55 @@ def extract(
 # fusion
 
 
-def _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes, missing,
-                view_k, epochs, top_genes, threads, snn):
-    from fusion.api import CVOptions
-    from fusion.train import TrainConfig
+# The options every training command shares: (name, type, typer option). One list, so `cv` and `bench`
+# cannot drift apart; `_with_cv_options` adds them to a command and hands it a ready CVOptions.
+_CV_OPTIONS: list[tuple[str, type, object]] = [
+    ("features", Optional[str], typer.Option(None, help="Feature set (optional when the store has one)")),
+    ("genes", Optional[str], typer.Option(None, help="Expression table (optional when the store has one)")),
+    ("labels", Optional[str], typer.Option(None, help="Labels CSV (patient_id,label) or a labels table in the store")),
+    ("label_map", str, typer.Option("pam50-binary", help="pam50-binary | pam50 | none (for --labels CSV)")),
+    ("folds", int, typer.Option(5, help="K in K-fold")),
+    ("repeats", int, typer.Option(1, help="Repeats with new shuffles")),
+    ("seed", int, typer.Option(0, help="Seed for splits, initialisation and bootstrap")),
+    ("split", str, typer.Option("patient", help="patient | site (TCGA tissue source site kept apart)")),
+    ("splits", Optional[str], typer.Option(None, help="Read folds from a splits.csv")),
+    ("exclude_genes", Optional[str], typer.Option(None, help="pam50, or a file of gene symbols to leave out")),
+    ("missing", str, typer.Option("drop", help="drop | mask: patients missing a modality")),
+    ("view_k", int, typer.Option(16, help="Tokens per patient in the cached compact view")),
+    ("epochs", int, typer.Option(200, help="Maximum epochs (early stopping on inner validation)")),
+    ("top_genes", int, typer.Option(2000, help="Most variable genes kept (fitted per fold)")),
+    ("threads", Optional[int], typer.Option(None, help="CPU threads for torch/XGBoost")),
+    ("snn", bool, typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)")),
+]
 
-    return CVOptions(features=features, genes=genes, labels=labels, label_map=None if label_map == "none" else label_map,
-                     folds=folds, repeats=repeats, seed=seed, split=split, splits_file=splits,
-                     exclude_genes=exclude_genes, missing=missing, view_k=view_k,
-                     train=TrainConfig(epochs=epochs, top_genes=top_genes, threads=threads, snn=snn, seed=seed))
 
+def _with_cv_options(fn):
+    """Give a command the shared training options; it receives them as one ``opts: CVOptions``."""
+    import functools
+    import inspect
 
-_COMMON = dict(
-    features=typer.Option(None, help="Feature set (optional when the store has one)"),
-    genes=typer.Option(None, help="Expression table (optional when the store has one)"),
-    labels=typer.Option(None, help="Labels CSV (patient_id,label) or a labels table in the store"),
-    label_map=typer.Option("pam50-binary", help="pam50-binary | pam50 | none (for --labels CSV)"),
-    folds=typer.Option(5, help="K in K-fold"), repeats=typer.Option(1, help="Repeats with new shuffles"),
-    seed=typer.Option(0), split=typer.Option("patient", help="patient | site (TCGA tissue source site kept apart)"),
-    splits=typer.Option(None, help="Read folds from a splits.csv"),
-    exclude_genes=typer.Option(None, help="pam50, or a file of gene symbols to leave out"),
-    missing=typer.Option("drop", help="drop | mask: patients missing a modality"),
-    view_k=typer.Option(16, help="Tokens per patient in the cached compact view"),
-    epochs=typer.Option(200, help="Maximum epochs (early stopping on inner validation)"),
-    top_genes=typer.Option(2000, help="Most variable genes kept (fitted per fold)"),
-    threads=typer.Option(None, help="CPU threads for torch/XGBoost"),
-    snn=typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)"),
-)
+    names = [n for n, _, _ in _CV_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from fusion.api import CVOptions
+        from fusion.train import TrainConfig
+
+        o = {n: kwargs.pop(n) for n in names}
+        opts = CVOptions(features=o["features"], genes=o["genes"], labels=o["labels"],
+                         label_map=None if o["label_map"] == "none" else o["label_map"], folds=o["folds"],
+                         repeats=o["repeats"], seed=o["seed"], split=o["split"], splits_file=o["splits"],
+                         exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"],
+                         train=TrainConfig(epochs=o["epochs"], top_genes=o["top_genes"], threads=o["threads"],
+                                           snn=o["snn"], seed=o["seed"]))
+        return fn(*args, opts=opts, **kwargs)
+
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "opts"]
+    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt in _CV_OPTIONS]
+    wrapper.__signature__ = inspect.Signature(own + shared)
+    wrapper.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "opts"},
+                               **{n: t for n, t, _ in _CV_OPTIONS}}
+    return wrapper
 
 
 def _print_summary(metrics: dict) -> None:
@@ -327,22 +349,16 @@ def _print_summary(metrics: dict) -> None:
 
 @fusion_app.command("cv")
 @_guard
+@_with_cv_options
 def fusion_cv(
     store: Annotated[Path, typer.Argument(help="Feature store")],
     head: Annotated[str, typer.Option(help="A registered head (fusion heads lists them)")] = "cross_attn",
     out: Annotated[Optional[Path], typer.Option(help="Write metrics.json, predictions.csv, splits.csv, curves.png")] = None,
-    features: Optional[str] = _COMMON["features"], genes: Optional[str] = _COMMON["genes"],
-    labels: Optional[str] = _COMMON["labels"], label_map: str = _COMMON["label_map"], folds: int = _COMMON["folds"],
-    repeats: int = _COMMON["repeats"], seed: int = _COMMON["seed"], split: str = _COMMON["split"],
-    splits: Optional[str] = _COMMON["splits"], exclude_genes: Optional[str] = _COMMON["exclude_genes"],
-    missing: str = _COMMON["missing"], view_k: int = _COMMON["view_k"], epochs: int = _COMMON["epochs"],
-    top_genes: int = _COMMON["top_genes"], threads: Optional[int] = _COMMON["threads"], snn: bool = _COMMON["snn"],
+    opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
     """Cross-validate one head: all folds at once, fold-local preprocessing, bootstrap CIs, modality check."""
     from fusion.api import cv
 
-    opts = _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes,
-                       missing, view_k, epochs, top_genes, threads, snn)
     run = cv(store, head, opts, out)
     _print_summary(run.metrics)
     if out:
@@ -351,22 +367,16 @@ def fusion_cv(
 
 @fusion_app.command("bench")
 @_guard
+@_with_cv_options
 def fusion_bench(
     store: Annotated[Path, typer.Argument(help="Feature store")],
     heads: Annotated[str, typer.Option(help="all, or a comma list")] = "all",
     out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.csv/.md and per-head results")] = None,
-    features: Optional[str] = _COMMON["features"], genes: Optional[str] = _COMMON["genes"],
-    labels: Optional[str] = _COMMON["labels"], label_map: str = _COMMON["label_map"], folds: int = _COMMON["folds"],
-    repeats: int = _COMMON["repeats"], seed: int = _COMMON["seed"], split: str = _COMMON["split"],
-    splits: Optional[str] = _COMMON["splits"], exclude_genes: Optional[str] = _COMMON["exclude_genes"],
-    missing: str = _COMMON["missing"], view_k: int = _COMMON["view_k"], epochs: int = _COMMON["epochs"],
-    top_genes: int = _COMMON["top_genes"], threads: Optional[int] = _COMMON["threads"], snn: bool = _COMMON["snn"],
+    opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
     """Every head on identical folds; a sorted leaderboard with CIs and paired tests against the best unimodal head."""
     from fusion.api import bench
 
-    opts = _cv_options(features, genes, labels, label_map, folds, repeats, seed, split, splits, exclude_genes,
-                       missing, view_k, epochs, top_genes, threads, snn)
     rows, runs = bench(store, "all" if heads == "all" else [h.strip() for h in heads.split(",")], opts, out)
     first = next(iter(runs.values())).metrics
     t = Table(title=f"leaderboard: {first['n_patients']} patients, positive class {first['positive_class']}"

@@ -107,14 +107,13 @@ def _slide_id(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def find_slides(inputs: list[str | os.PathLike], mpp_default: float | None = None) -> list[SlideSpec]:
+def find_slides(inputs: list[str | os.PathLike]) -> list[SlideSpec]:
     """Files, directories (searched recursively for slides and images), globs, or CSV manifests.
 
     A manifest has ``slide_path`` and optional ``slide_id``, ``patient_id`` and ``mpp``; a
     ``slide_path`` that is a directory is a folder of tiles read as one slide. Slides are sorted by id
     so the order (and any ``--shard``) is deterministic.
     """
-    del mpp_default  # accepted for symmetry with the CLI; applied per slide at planning time
     specs: list[SlideSpec] = []
     for item in map(str, inputs):
         p = Path(item)
@@ -344,8 +343,8 @@ def _pending(store: Store, name: str, specs: list[SlideSpec], log: _EventLog,
         except OSError as exc:
             fp = {"error": str(exc)}
         if spec.slide_id in committed:
-            old = store.slide_attrs(name, spec.slide_id).get("provenance", {}).get("file")
-            if old == fp and store.slide_attrs(name, spec.slide_id).get("slide_path") == spec.path:
+            attrs = store.slide_attrs(name, spec.slide_id)
+            if attrs.get("provenance", {}).get("file") == fp and attrs.get("slide_path") == spec.path:
                 report.skipped.append(spec.slide_id)
                 log("slide_skipped", slide_id=spec.slide_id, reason="already committed with the same config")
                 continue
@@ -440,7 +439,8 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
 
     def launch(parts: list[tuple[int, int, torch.Tensor]]) -> None:
         nonlocal in_flight
-        batch = torch.cat([p for _, _, p in parts]) if len(parts) > 1 else parts[0][2]
+        # Pinned chunks go to the device asynchronously and are joined there, not in pageable host memory.
+        batch = torch.cat([p.to(dev, non_blocking=True) for _, _, p in parts])
         feats = embed(batch).to(torch.float16 if cfg.dtype == "float16" else torch.float32)
         if cuda:
             host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
@@ -500,8 +500,6 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     except BaseException:
         writer.close(discard=True)
         raise
-    finally:
-        del loader
 
 
 class _Writer:
