@@ -132,9 +132,9 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     what = f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid" if args.input == "pyramid" else \
         f"{args.copies} copies of the small slide"
-    row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {args.num_workers or 'default'} workers | {dev.type} | {args.encoder} | {precision} | "
-           f"{args.batch_size} | {report.patches} | {pipeline:,.1f} | {bare:,.1f} | {pipeline / bare:.2f} | "
-           f"{reading:,.1f} | "
+    row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {args.num_workers or 'default'} workers | "
+           f"{dev.type} | {args.encoder} | {precision} | {args.batch_size} | {report.patches} | {pipeline:,.1f} | "
+           f"{bare:,.1f} | {pipeline / bare:.2f} | {reading:,.1f} | "
            f"{peak_rss:,.0f} MiB RSS" + (f", {peak_gpu:,.0f} MiB GPU" if peak_gpu else "") + " |")
     print("date | machine | input | device | encoder | precision | batch | patches | pipeline patches/s | bare model patches/s "
           "| ratio | reading alone patches/s | peak memory")
