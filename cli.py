@@ -419,6 +419,7 @@ def fusion_simulate(
     gene_signal: float = 1.0, image_signal: float = 1.0,
     split: Annotated[float, typer.Option(help="Share of the signal in the image (0 genes only, 1 image only)")] = 0.5,
     informative_fraction: Annotated[float, typer.Option(help="Share of a bag's patches that carry the signal")] = 0.2,
+    image_pattern: Annotated[str, typer.Option(help="shift (the bag mean moves) | minority (only single patches tell)")] = "shift",
     seed: int = 0,
     patients_from: Annotated[Optional[Path], typer.Option(help="Simulate image bags for this store's labelled patients")] = None,
 ) -> None:
@@ -431,7 +432,8 @@ def fusion_simulate(
             lab = src.read_labels()
             ids, labels = lab.patient_ids, dict(zip(lab.patient_ids, lab.labels))
     simulate_cohort(out, patients=patients, patches=patches, dim=dim, genes=genes, gene_signal=gene_signal,
-                    image_signal=image_signal, split=split, informative_fraction=informative_fraction, seed=seed,
+                    image_signal=image_signal, split=split, informative_fraction=informative_fraction,
+                    image_pattern=image_pattern, seed=seed,
                     patient_ids=ids, labels=labels, labels_out=labels_out).close()
     console.print(f"[yellow]SIMULATED[/] cohort written to {out}" + (f" (labels: {labels_out})" if labels_out else ""))
 
