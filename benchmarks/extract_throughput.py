@@ -2,7 +2,8 @@
 
 Volume: ``--input pyramid`` (default) builds one larger pyramid from the real CMU-1-Small-Region.svs
 (OpenSlide test data): the image tiled ``--mosaic`` x ``--mosaic`` times, written as a 3-level tiled
-TIFF with its true 0.499 µm/px (needs tifffile: ``pip install -e '.[bench]'``), then hard-linked
+TIFF with JPEG (default, as in SVS files) or zlib tiles and its true 0.499 µm/px (needs tifffile, and
+imagecodecs for JPEG: ``pip install -e '.[bench]'``), then hard-linked
 ``--copies`` times; ``--input copies`` uses plain copies of the small single-level slide, where
 per-slide set-up dominates. Prints a table and appends the figures with the machine to
 benchmarks/RESULTS.md. Usage:
@@ -34,7 +35,7 @@ SLIDE = next(p for p in (ROOT.parent / "shared" / "data" / "wsi_cmu1_small_regio
                          ROOT / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs") if p.exists())
 
 
-def make_pyramid(path: Path, mosaic: int) -> None:
+def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
     import numpy as np
     import openslide
     import tifffile
@@ -46,7 +47,7 @@ def make_pyramid(path: Path, mosaic: int) -> None:
     px_per_cm = 1e4 / mpp
     with tifffile.TiffWriter(path) as tif:
         for i, f in enumerate((1, 4, 16)):
-            tif.write(np.ascontiguousarray(big[::f, ::f]), tile=(256, 256), compression="zlib", photometric="rgb",
+            tif.write(np.ascontiguousarray(big[::f, ::f]), tile=(256, 256), compression=codec, photometric="rgb",
                       resolution=(px_per_cm / f, px_per_cm / f), resolutionunit="CENTIMETER",
                       subfiletype=0 if i == 0 else 1)
 
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--min-tissue", type=float, default=0.0)
     ap.add_argument("--input", choices=("pyramid", "copies"), default="pyramid")
     ap.add_argument("--mosaic", type=int, default=3)
+    ap.add_argument("--codec", choices=("jpeg", "zlib"), default="jpeg",
+                    help="tile compression of the pyramid; jpeg (as in Aperio SVS) needs imagecodecs")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -108,7 +111,7 @@ def main() -> None:
         d.mkdir()
         if args.input == "pyramid":
             source = Path(tmp) / "pyramid.tif"
-            make_pyramid(source, args.mosaic)
+            make_pyramid(source, args.mosaic, args.codec)
             for i in range(args.copies):
                 os.link(source, d / f"CMU-mosaic-{i:03d}.tif")
         else:
@@ -130,7 +133,7 @@ def main() -> None:
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0.0
     machine = (torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine())
     cores = len(os.sched_getaffinity(0))
-    what = f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid" if args.input == "pyramid" else \
+    what = f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})" if args.input == "pyramid" else \
         f"{args.copies} copies of the small slide"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {args.num_workers or 'default'} workers | "
            f"{dev.type} | {args.encoder} | {precision} | {args.batch_size} | {report.patches} | {pipeline:,.1f} | "
