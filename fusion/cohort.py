@@ -34,12 +34,6 @@ class Cohort:
     def has_image(self) -> np.ndarray:
         return np.array([bool(self.slides.get(p)) for p in self.patient_ids])
 
-    def subset(self, keep: np.ndarray) -> Cohort:
-        idx = np.flatnonzero(keep)
-        return Cohort([self.patient_ids[i] for i in idx], self.y[idx], self.classes,
-                      None if self.genes is None else self.genes[idx], self.gene_ids,
-                      {self.patient_ids[i]: self.slides.get(self.patient_ids[i], []) for i in idx},
-                      self.feature_set, self.gene_table, dict(self.summary))
 
 
 def load_cohort(store: Store, features: str | None = None, genes: str | None = None,
