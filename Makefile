@@ -26,7 +26,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python benchmarks/extract_throughput.py
 	$(BIN)/python benchmarks/trainer_speed.py
 

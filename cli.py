@@ -214,6 +214,8 @@ def extract(
     mpp_default: Annotated[Optional[float], typer.Option(help="mpp for slides whose metadata has none")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    reader: Annotated[str, typer.Option(help="auto (SVS and tiled TIFF tiles decoded directly, checked against "
+                                             "OpenSlide) | openslide (every pixel through OpenSlide)")] = "auto",
     batch_size: int = 64,
     num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
@@ -234,7 +236,7 @@ def extract(
             _fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
-                           min_tissue=min_tissue, precision=precision)
+                           min_tissue=min_tissue, precision=precision, reader=reader)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")

@@ -37,7 +37,7 @@ from featstore.tiling import Geometry, grid, tissue_fractions
 from featstore.tissue import tissue_mask
 
 # Bump when tissue detection, tiling or preprocessing changes what a given config produces.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 EXIT_OK, EXIT_SOME_FAILED = 0, 2
 
 EventHandler = Callable[[dict], None]
@@ -57,6 +57,7 @@ class ExtractConfig:
     dtype: str = "float16"
     thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
+    reader: str = "auto"  # "openslide": every pixel through OpenSlide (see featstore.tifftiles)
 
     def __post_init__(self) -> None:
         if self.target_mpp <= 0:
@@ -67,6 +68,8 @@ class ExtractConfig:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.reader not in ("auto", "openslide"):
+            raise ValueError(f"reader must be auto or openslide, got {self.reader!r}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
@@ -210,7 +213,7 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
         raise SlideError(f"{spec.slide_id}: no tissue (no patch has tissue fraction >= {cfg.min_tissue})")
     info = {"level_dimensions": [list(d) for d in reader.level_dimensions],
             "level_downsamples": list(reader.level_downsamples), "regions": len(reader.regions()),
-            "grid_patches": int(len(coords_a))}
+            "grid_patches": int(len(coords_a)), "pixels": reader.pixel_source}
     if hasattr(reader, "files"):
         info["tiles"] = [{"file": f.name, "x_offset": int(o)} for f, o in zip(reader.files, reader.offsets)]
     return SlidePlan(coords_a[keep], frac[keep], geom, source, info)
@@ -240,7 +243,7 @@ class _PatchStream(IterableDataset):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                reader = open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp)
+                reader = open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.reader == "auto")
             plan = plan_slide(reader, self.cfg, spec, self.mpp_default)
             plan.info["warnings"] = [str(w.message) for w in caught]
         except Exception as exc:  # one bad slide never stops the others

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featstore.tifftiles import TiffTiles, TileReadError, open_direct
+
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SLIDE_SUFFIXES = WSI_SUFFIXES + IMAGE_SUFFIXES
@@ -53,6 +55,7 @@ class SlideReader:
     mpp_source: str
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
+    pixel_source: str  # which library decodes the pixels, recorded in provenance
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -119,7 +122,7 @@ def _mpp_from_properties(props: dict, path: Path, allow_objective: bool) -> tupl
 class OpenSlideReader(SlideReader):
     """Whole-slide formats through OpenSlide; plain images through OpenSlide's PIL-backed ImageSlide."""
 
-    def __init__(self, path: str | Path, mpp: float | None = None, allow_objective: bool = True):
+    def __init__(self, path: str | Path, mpp: float | None = None, allow_objective: bool = True, direct: bool = True):
         import openslide
 
         self.path = Path(path)
@@ -134,8 +137,45 @@ class OpenSlideReader(SlideReader):
             self.mpp, self.mpp_source = float(mpp), "given"
         else:
             self.mpp, self.mpp_source = _mpp_from_properties(self.properties, self.path, allow_objective)
+        self._direct: TiffTiles | None = None
+        self.pixel_source = "openslide"
+        if direct:
+            try:
+                self._direct, self.pixel_source = open_direct(self.path, self.properties.get("openslide.vendor", ""),
+                                                              self.level_dimensions, self._disagreement)
+            except BaseException:
+                self._slide.close()
+                raise
+
+    def _disagreement(self, tiles: TiffTiles) -> str | None:
+        """Why direct decoding cannot stand in for OpenSlide on this slide, or None when they agree.
+
+        Level 0 is compared at the centre (where tissue usually is), the other levels at their origin
+        (the only place the two agree exactly when the downsample is not an integer).
+        """
+        w, h = self.level_dimensions[0]
+        size = min(512, w, h)
+        spots = [(0, (w - size) // 2, (h - size) // 2)] + [(level, 0, 0) for level in tiles.levels if level > 0]
+        for level, x, y in spots:
+            ds = self.level_downsamples[level]
+            side = min(size, *self.level_dimensions[level])
+            ours = tiles.levels[level].read(round(x / ds), round(y / ds), side, side).astype(np.int16)
+            theirs = self._read_openslide(x, y, level, side, side)
+            diff = np.abs(ours - theirs)
+            if diff.mean() > 0.5:
+                return f"level {level} at ({x}, {y}): mean |difference| {diff.mean():.2f}, max {diff.max()}"
+        return None
 
     def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        if self._direct is not None and level in self._direct.levels:
+            ds = self.level_downsamples[level]
+            try:
+                return self._direct.levels[level].read(round(x / ds), round(y / ds), int(width), int(height))
+            except TileReadError as exc:
+                raise SlideError(f"{self.path.name}: cannot read region at ({x}, {y}) level {level}: {exc}") from exc
+        return self._read_openslide(x, y, level, width, height)
+
+    def _read_openslide(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
             img = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
         except Exception as exc:
@@ -155,6 +195,8 @@ class OpenSlideReader(SlideReader):
         return img, region.width / img.shape[1]
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._slide.close()
 
 
@@ -183,6 +225,7 @@ class TileFolderReader(SlideReader):
         self._regions = [Region(int(self.offsets[i]), 0, w, h) for i, (w, h) in enumerate(sizes)]
         self.level_dimensions = ((int(self.offsets[-1]), max(h for _, h in sizes)),)
         self.level_downsamples = (1.0,)
+        self.pixel_source = "PIL (tile folder)"
         self.mpp, self.mpp_source = (float(mpp), "given") if mpp is not None else (None, "none")
 
     def regions(self) -> list[Region]:
@@ -215,11 +258,16 @@ class TileFolderReader(SlideReader):
         return img, region.width / img.shape[1]
 
 
-def open_slide(path: str | Path, mpp: float | None = None, allow_objective: bool = True) -> SlideReader:
-    """Open a whole-slide image, a plain image, or a folder of tiles."""
+def open_slide(path: str | Path, mpp: float | None = None, allow_objective: bool = True,
+               direct: bool = True) -> SlideReader:
+    """Open a whole-slide image, a plain image, or a folder of tiles.
+
+    ``direct`` lets SVS and tiled TIFF slides be decoded straight from their tiles (see
+    :mod:`featstore.tifftiles`); False sends every pixel through OpenSlide.
+    """
     p = Path(path)
     if not p.exists():
         raise SlideError(f"{p}: no such file or folder")
     if p.is_dir():
         return TileFolderReader(p, mpp)
-    return OpenSlideReader(p, mpp, allow_objective)
+    return OpenSlideReader(p, mpp, allow_objective, direct)

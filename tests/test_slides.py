@@ -1,0 +1,119 @@
+"""Direct TIFF tile decoding against OpenSlide and against known pixels: same pixels, clean failures."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+import featstore
+from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.slides import OpenSlideReader, SlideError
+from featstore.tifftiles import TiffTiles, TileReadError, open_direct
+
+from .conftest import CMU, TCGA_NO_MPP
+
+
+def _random_regions(reader, n, seed=0):
+    rng = np.random.default_rng(seed)
+    w, h = reader.dimensions
+    for _ in range(n):
+        # Some regions hang over the right or bottom edge: both readers must fill that with white.
+        yield int(rng.integers(0, w - 50)), int(rng.integers(0, h - 50)), int(rng.integers(1, 400)), int(rng.integers(1, 400))
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("path", [CMU, TCGA_NO_MPP], ids=["aperio-jpeg", "aperio-jpeg2000"])
+def test_direct_tiles_equal_openslide_at_level0(path):
+    with OpenSlideReader(path, mpp=0.5) as fast, OpenSlideReader(path, mpp=0.5, direct=False) as ref:
+        assert fast.pixel_source.startswith("tifffile"), fast.pixel_source
+        assert ref.pixel_source == "openslide"
+        for x, y, w, h in _random_regions(fast, 25):
+            np.testing.assert_array_equal(fast.read(x, y, 0, w, h), ref.read(x, y, 0, w, h), err_msg=f"{(x, y, w, h)}")
+
+
+@pytest.mark.shared
+def test_direct_tiles_equal_known_pixels_at_every_level(tmp_path):
+    """A lossless (zlib) 3-level pyramid written from known arrays: each level reads back exactly,
+    at the level pixel nearest to x / downsample."""
+    with openslide.OpenSlide(str(CMU)) as s:
+        img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
+    path = tmp_path / "pyramid.tif"
+    levels = [np.ascontiguousarray(img[::f, ::f]) for f in (1, 4, 16)]
+    with tifffile.TiffWriter(path) as tif:
+        for i, lv in enumerate(levels):
+            tif.write(lv, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=0 if i == 0 else 1)
+    with OpenSlideReader(path, mpp=0.5) as r:
+        assert r.pixel_source.startswith("tifffile") and len(r.level_dimensions) == 3
+        for level, truth in enumerate(levels):
+            ds = r.level_downsamples[level]
+            for x, y, w, h in _random_regions(r, 15, seed=level):
+                got = r.read(x, y, level, w, h)
+                px, py = round(x / ds), round(y / ds)
+                want = np.full((h, w, 3), 255, np.uint8)
+                crop = truth[py:py + h, px:px + w]
+                want[:crop.shape[0], :crop.shape[1]] = crop
+                np.testing.assert_array_equal(got, want, err_msg=f"level {level} {(x, y, w, h)}")
+
+
+@pytest.mark.shared
+def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
+    bad = tmp_path / "corrupt.svs"
+    shutil.copy(CMU, bad)
+    with tifffile.TiffFile(bad) as tif:
+        page = tif.pages[0]
+        index = 0  # the top-left tile: far from the centre region checked at open
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    with open(bad, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0" * count)
+    with OpenSlideReader(bad) as r:
+        assert r.pixel_source.startswith("tifffile")
+        assert r.read(1000, 1000, 0, 224, 224).shape == (224, 224, 3)
+        with pytest.raises(SlideError, match=r"corrupt\.svs.*tile 0 of page 0 cannot be decoded"):
+            r.read(0, 0, 0, 224, 224)
+    report = extract(find_slides([bad, CMU]), tmp_path / "s.zarr", ExtractConfig(min_tissue=0.0, seed=1),
+                     batch_size=16, num_workers=0)
+    assert report.done == ["CMU-1-Small-Region"]
+    assert "tile 0 of page 0 cannot be decoded" in report.failed["corrupt"]
+
+
+@pytest.mark.shared
+def test_file_cut_short_during_a_run_names_the_tile(tmp_path):
+    """A slide whose file is truncated after it was opened (a copy still in flight, a full disk)."""
+    path = tmp_path / "cut.svs"
+    shutil.copy(CMU, path)
+    with TiffTiles(path, ((2220, 2967),)) as tiles:
+        level = tiles.levels[0]
+        last = int(np.argmax(level.page.dataoffsets))
+        with open(path, "r+b") as fh:
+            fh.truncate(int(level.page.dataoffsets[last]) + 10)
+        ty, tx = divmod(last, level.tiles_across)
+        with pytest.raises(TileReadError, match=rf"cut\.svs: tile {last} of page 0 is cut short .* the file is truncated"):
+            level.read(tx * level.tile_w, ty * level.tile_h, 8, 8)
+
+
+@pytest.mark.shared
+def test_disagreement_or_foreign_vendor_falls_back_to_openslide():
+    tiles, note = open_direct(CMU, "aperio", ((2220, 2967),), lambda t: "colours differ")
+    assert tiles is None and note == "openslide (direct TIFF decoding disagreed: colours differ)"
+    tiles, note = open_direct(CMU, "leica", ((2220, 2967),), lambda t: None)
+    assert tiles is None and "no direct reader for vendor 'leica'" in note
+
+
+@pytest.mark.shared
+def test_extract_with_direct_tiles_equals_extract_through_openslide(tmp_path):
+    store = tmp_path / "s.zarr"
+    for reader in ("auto", "openslide"):
+        cfg = ExtractConfig(encoder="resnet50-trunc", patch_size=64, target_mpp=2.0, reader=reader)
+        report = extract(find_slides([CMU]), store, cfg, name=f"via-{reader}", num_workers=0)
+        assert report.done == ["CMU-1-Small-Region"]
+    with featstore.open(store) as s:
+        direct, ref = (s.read_slide(f"via-{r}", "CMU-1-Small-Region") for r in ("auto", "openslide"))
+        assert direct.attrs["provenance"]["pixels"].startswith("tifffile")
+        assert ref.attrs["provenance"]["pixels"] == "openslide"
+        np.testing.assert_array_equal(direct.coords, ref.coords)
+        np.testing.assert_array_equal(direct.features, ref.features)
