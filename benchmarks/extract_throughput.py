@@ -138,6 +138,8 @@ def main() -> None:
     workers = {None: "default workers", 1: "1 worker"}.get(args.num_workers, f"{args.num_workers} workers")
     what = f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})" if args.input == "pyramid" else \
         f"{args.copies} copies of the small slide"
+    if args.target_mpp != 0.5:
+        what += f", read at {args.target_mpp} µm/px"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {workers} | "
            f"{dev.type} | {args.encoder} | {precision} | {args.batch_size} | {report.patches} | {pipeline:,.1f} | "
            f"{bare:,.1f} | {pipeline / bare:.2f} | {reading:,.1f} | {reading_openslide:,.1f} | "

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.barcodes import patient_of
@@ -221,9 +220,14 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
 
 def read_patch(reader, geom: Geometry, x: int, y: int) -> np.ndarray:
     img = reader.read(x, y, geom.level, geom.read_size, geom.read_size)
-    if geom.read_size != geom.patch_size:
-        img = np.asarray(Image.fromarray(img).resize((geom.patch_size, geom.patch_size), Image.Resampling.BILINEAR))
-    return img
+    if geom.read_size == geom.patch_size:
+        return img
+    # Antialiased bilinear, PIL's filter (to within one grey level) at a quarter of PIL's cost: torch has
+    # a vectorised uint8 kernel for it. Downsampling a 40x slide to 0.5 µm/px is the common case.
+    t = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
+    t = torch.nn.functional.interpolate(t, size=(geom.patch_size, geom.patch_size), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return t[0].permute(1, 2, 0).numpy()
 
 
 class _PatchStream(IterableDataset):

@@ -154,7 +154,7 @@ class OpenSlideReader(SlideReader):
         (the only place the two agree exactly when the downsample is not an integer).
         """
         w, h = self.level_dimensions[0]
-        size = min(512, w, h)
+        size = min(256, w, h)
         spots = [(0, (w - size) // 2, (h - size) // 2)] + [(level, 0, 0) for level in tiles.levels if level > 0]
         for level, x, y in spots:
             ds = self.level_downsamples[level]

@@ -71,21 +71,23 @@ class TiffLevel:
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 region at level pixel (x, y); outside the image is white."""
-        out = np.full((height, width, 3), 255, np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        out = np.empty((height, width, 3), np.uint8) if inside else np.full((height, width, 3), 255, np.uint8)
         if x0 >= x1 or y0 >= y1:
             return out
         for ty in range(y0 // self.tile_h, (y1 - 1) // self.tile_h + 1):
             for tx in range(x0 // self.tile_w, (x1 - 1) // self.tile_w + 1):
                 tile = self._tile(ty * self.tiles_across + tx)
-                if tile is None:
-                    continue
                 # Overlap of this tile with the region, in image pixels.
                 ax0, ay0 = max(x0, tx * self.tile_w), max(y0, ty * self.tile_h)
                 ax1, ay1 = min(x1, (tx + 1) * self.tile_w), min(y1, (ty + 1) * self.tile_h)
-                out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = tile[ay0 - ty * self.tile_h:ay1 - ty * self.tile_h,
-                                                             ax0 - tx * self.tile_w:ax1 - tx * self.tile_w]
+                dst = out[ay0 - y:ay1 - y, ax0 - x:ax1 - x]
+                if tile is None:
+                    dst[:] = 255
+                else:
+                    dst[:] = tile[ay0 - ty * self.tile_h:ay1 - ty * self.tile_h, ax0 - tx * self.tile_w:ax1 - tx * self.tile_w]
         return out
 
 

@@ -59,6 +59,19 @@ def test_direct_tiles_equal_known_pixels_at_every_level(tmp_path):
                 np.testing.assert_array_equal(got, want, err_msg=f"level {level} {(x, y, w, h)}")
 
 
+def test_sparse_tiles_are_background_as_in_openslide(tmp_path):
+    """A tile the file declares empty (byte count 0) is white, as OpenSlide paints it; the others are read."""
+    img = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    path = tmp_path / "sparse.tif"
+    tifffile.imwrite(path, (None if i == 1 else img for i in range(4)), shape=(256, 256, 3), dtype="uint8",
+                     tile=(128, 128), photometric="rgb", compression="zlib")
+    with OpenSlideReader(path, mpp=0.5) as fast, OpenSlideReader(path, mpp=0.5, direct=False) as ref:
+        assert fast.pixel_source.startswith("tifffile")
+        got = fast.read(64, 0, 0, 192, 192)
+        np.testing.assert_array_equal(got, ref.read(64, 0, 0, 192, 192))
+        assert (got[:128, 64:] == 255).all() and (got[:128, :64] == img[:, 64:]).all()
+
+
 @pytest.mark.shared
 def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
     bad = tmp_path / "corrupt.svs"
