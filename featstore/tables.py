@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import math
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
@@ -71,6 +72,21 @@ def _looks_like_sample(ids: list[str]) -> float:
     return sum(parse_barcode(i) is not None for i in ids) / max(len(ids), 1)
 
 
+# Words in the id column's header that say what the rows are ("participant_code", "gene_symbol|entrez_id").
+_SAMPLE_WORDS = {"sample", "samples", "patient", "participant", "case", "barcode", "aliquot", "subject", "donor",
+                 "specimen", "submitter", "cell", "obs"}
+_GENE_WORDS = {"gene", "genes", "symbol", "hugo", "ensembl", "entrez", "feature", "probe", "transcript", "var"}
+
+
+def _rows_named_by(id_header: str) -> Literal["rows", "columns"] | None:
+    """Where the samples are, from the id column's header, or None when it does not say."""
+    words = set(re.split(r"[^a-z]+", id_header.lower()))
+    sample, gene = bool(words & _SAMPLE_WORDS), bool(words & _GENE_WORDS)
+    if sample == gene:
+        return None
+    return "rows" if sample else "columns"
+
+
 def read_expression(
     path: str | Path,
     samples_as: Literal["auto", "rows", "columns"] = "auto",
@@ -80,8 +96,9 @@ def read_expression(
     """Parse an expression table; return it and a list of human-readable notes on what was done.
 
     The first column (or first header field) holds ids. Orientation is detected from TCGA barcodes,
-    else samples are taken along the shorter axis (there are more genes than samples); ``samples_as``
-    forces it.
+    else from the id column's header (``sample_id``, ``participant_code``: samples are rows;
+    ``gene_symbol``, ``ensembl_id``: genes are rows), else samples are taken along the shorter axis
+    (there are more genes than samples); ``samples_as`` forces it.
     """
     path = Path(path)
     header, body = read_rows(path)
@@ -95,6 +112,8 @@ def read_expression(
         if rows_bc > 0.5 or cols_bc > 0.5:
             samples_as = "rows" if rows_bc >= cols_bc else "columns"
             why = "TCGA barcodes"
+        elif named := _rows_named_by(header[0]):
+            samples_as, why = named, f"the id column is called {header[0].strip()!r}"
         else:
             samples_as = "rows" if len(row_ids) <= len(col_ids) else "columns"
             why = "fewer samples than genes"

@@ -8,7 +8,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 STORE=$OUT/brca.zarr
 
 echo "== 1. real TCGA-BRCA expression (mixOmics, 220 samples x 200 genes) and PAM50 labels"
-$BIN/featstore import-genes data/mixomics_breast_tcga/mrna_all.csv --store $STORE --samples-as rows
+$BIN/featstore import-genes data/mixomics_breast_tcga/mrna_all.csv --store $STORE
 $BIN/featstore import-labels data/mixomics_breast_tcga/subtype_all.csv --store $STORE --label-column pam50
 
 echo "== 2. real slides -> frozen ResNet-50 (seeded RANDOM weights: no ImageNet file offline) patch features"

@@ -9,7 +9,7 @@ import pytest
 import featstore
 from featstore.tables import InputError, import_genes, import_labels, read_expression, read_labels
 
-from .conftest import BIOLINKS, MIXOMICS, PAM50_LABELS
+from .conftest import BIOLINKS, MIXOMICS, PAM50_LABELS, ROOT
 
 pytestmark = pytest.mark.shared
 
@@ -26,11 +26,20 @@ def test_real_tcga_table_with_samples_as_columns_keeps_primary_tumours():
     assert table.values.min() >= 0
 
 
-def test_orientation_by_shape_and_forced(tmp_path):
-    t, notes = read_expression(MIXOMICS / "data_train_mrna.csv")
-    assert t.values.shape == (150, 200) and "fewer samples than genes" in notes[0]
+def test_orientation_by_id_header_by_shape_and_forced(tmp_path):
+    # mixOmics' 220 x 200 table has more samples than genes: its id header, not its shape, says rows.
+    t, notes = read_expression(ROOT / "data" / "mixomics_breast_tcga" / "mrna_all.csv")
+    assert t.values.shape == (220, 200) and "the id column is called 'participant_code'" in notes[0]
     t2, _ = read_expression(MIXOMICS / "data_train_mrna.csv", samples_as="columns")
     assert t2.values.shape == (200, 150)
+    genes_as_rows = tmp_path / "g.csv"
+    genes_as_rows.write_text("gene_symbol,S1,S2,S3\nTP53,1,2,3\nESR1,4,5,6\n")
+    t3, notes = read_expression(genes_as_rows)
+    assert t3.sample_ids == ["S1", "S2", "S3"] and "the id column is called 'gene_symbol'" in notes[0]
+    plain = tmp_path / "p.csv"
+    plain.write_text("id,S1,S2,S3\nTP53,1,2,3\nESR1,4,5,6\n")
+    t4, notes = read_expression(plain)
+    assert t4.sample_ids == ["TP53", "ESR1"] and "fewer samples than genes" in notes[0]
 
 
 def test_gzip_and_tsv(tmp_path):
