@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from featstore.extract import ExtractConfig, ExtractReport, SlideSpec, _EventLog
+from featstore.store import now_iso
+from featstore.store import open as open_store
 
 
 def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
@@ -47,8 +49,12 @@ def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str,
             try:
                 part = fut.result()
             except Exception as exc:  # a task that died (worker lost, OOM) fails only its slide
-                report.failed[spec.slide_id] = f"dask task failed: {type(exc).__name__}: {exc}"
-                log("slide_failed", slide_id=spec.slide_id, reason=report.failed[spec.slide_id])
+                reason = f"dask task failed: {type(exc).__name__}: {exc}"
+                report.failed[spec.slide_id] = reason
+                # The task never reached its own failure record: the driver writes it, for `featstore ls`.
+                with open_store(store_path, "a") as store:
+                    store.record_failure(name, spec.slide_id, reason, slide_path=spec.path, time=now_iso())
+                log("slide_failed", slide_id=spec.slide_id, reason=reason)
                 continue
             report.merge(ExtractReport(**part))
             log("dask_task_done", slide_id=spec.slide_id, done=part["done"], failed=part["failed"])

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import featstore
+from featstore.distributed import run_on_dask
 from featstore.encoders import WeightsError, build_encoder
-from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, read_patch, shard
+from featstore.extract import ExtractConfig, PatchEmbedder, _EventLog, extract, find_slides, read_patch, shard
 from featstore.slides import open_slide
 from featstore.tiling import Geometry
 
@@ -174,6 +175,15 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
                                        b.read_slide(None, sid).features.astype(np.float32), atol=1e-2)
     with pytest.raises(featstore.StoreError, match="HDF5 store"):
         extract(find_slides([d]), tmp_path / "x.h5", CFG, dask_workers=1)
+    # A task that raises (here: a second driver with another config for the same feature set) fails its
+    # slide only, and the failure is recorded in the store like any other.
+    shutil.copy(CMU, tmp_path / "S9.svs")
+    spec = find_slides([tmp_path / "S9.svs"])[0]
+    other = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=96, target_mpp=2.0)
+    report = run_on_dask([(spec, {})], dist, "resnet50-trunc", other, "cpu", 8, None, None, 1, _EventLog(dist, None))
+    assert "dask task failed" in report.failed["S9"] and "another config" in report.failed["S9"]
+    with featstore.open(dist) as b:
+        assert "another config" in b.failures()["S9"]["reason"] and b.validate() == []
 
 
 def test_weights_resolution_is_offline_and_clear(tmp_path, monkeypatch):
