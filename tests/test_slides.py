@@ -17,6 +17,12 @@ from featstore.tifftiles import TiffTiles, TileReadError, open_direct
 from .conftest import CMU, TCGA_NO_MPP
 
 
+@pytest.fixture(scope="module")
+def cmu_pixels() -> np.ndarray:
+    with openslide.OpenSlide(str(CMU)) as s:
+        return np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
+
+
 def _random_regions(reader, n, seed=0):
     rng = np.random.default_rng(seed)
     w, h = reader.dimensions
@@ -36,13 +42,24 @@ def test_direct_tiles_equal_openslide_at_level0(path):
 
 
 @pytest.mark.shared
-def test_direct_tiles_equal_known_pixels_at_every_level(tmp_path):
+@pytest.mark.parametrize("codec", [{"compression": "jpeg", "photometric": "ycbcr"},  # 2x2 chroma subsampling
+                                   {"compression": "jpeg", "photometric": "ycbcr", "subsampling": (1, 1)},
+                                   {"compression": "lzw", "photometric": "rgb"}], ids=["jpeg-ycbcr-420", "jpeg-ycbcr-444", "lzw"])
+def test_direct_tiles_equal_openslide_on_generic_tiff_codecs(tmp_path, codec, cmu_pixels):
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, cmu_pixels, tile=(256, 256), **codec)
+    with OpenSlideReader(path, mpp=0.5) as fast, OpenSlideReader(path, mpp=0.5, direct=False) as ref:
+        assert fast.pixel_source.startswith("tifffile"), fast.pixel_source
+        for x, y, w, h in _random_regions(fast, 10):
+            np.testing.assert_array_equal(fast.read(x, y, 0, w, h), ref.read(x, y, 0, w, h), err_msg=f"{(x, y, w, h)}")
+
+
+@pytest.mark.shared
+def test_direct_tiles_equal_known_pixels_at_every_level(tmp_path, cmu_pixels):
     """A lossless (zlib) 3-level pyramid written from known arrays: each level reads back exactly,
     at the level pixel nearest to x / downsample."""
-    with openslide.OpenSlide(str(CMU)) as s:
-        img = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB"))
     path = tmp_path / "pyramid.tif"
-    levels = [np.ascontiguousarray(img[::f, ::f]) for f in (1, 4, 16)]
+    levels = [np.ascontiguousarray(cmu_pixels[::f, ::f]) for f in (1, 4, 16)]
     with tifffile.TiffWriter(path) as tif:
         for i, lv in enumerate(levels):
             tif.write(lv, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=0 if i == 0 else 1)
