@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_throughput.py
 	$(BIN)/python benchmarks/trainer_speed.py
+	$(BIN)/python benchmarks/store_write.py
 
 clean:
 	rm -rf $(VENV) demo-out bench-out

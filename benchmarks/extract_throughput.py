@@ -31,6 +31,11 @@ sys.path.insert(0, str(ROOT))
 from featstore.encoders import build_encoder  # noqa: E402
 from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, resolve_device, resolve_precision  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results_table import append_rows  # noqa: E402
+
+COLUMNS = ["date", "machine", "input, workers", "device", "encoder", "precision", "batch", "patches", "pipeline patches/s",
+           "bare model patches/s", "ratio", "reading alone patches/s", "reading alone, OpenSlide only", "peak memory"]
 SLIDE = next(p for p in (ROOT.parent / "shared" / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs",
                          ROOT / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs") if p.exists())
 
@@ -144,22 +149,9 @@ def main() -> None:
            f"{dev.type} | {args.encoder} | {precision} | {args.batch_size} | {report.patches} | {pipeline:,.1f} | "
            f"{bare:,.1f} | {pipeline / bare:.2f} | {reading:,.1f} | {reading_openslide:,.1f} | "
            f"{peak_rss:,.0f} MiB RSS" + (f", {peak_gpu:,.0f} MiB GPU" if peak_gpu else "") + " |")
-    print("date | machine | input | device | encoder | precision | batch | patches | pipeline patches/s | bare model patches/s "
-          "| ratio | reading alone patches/s | reading alone, OpenSlide only | peak memory")
+    print("| " + " | ".join(COLUMNS) + " |")
     print(row)
-    results = Path(args.results)
-    if not results.exists() or "## Extraction throughput" not in results.read_text():
-        with results.open("a") as fh:
-            fh.write("\n## Extraction throughput (benchmarks/extract_throughput.py)\n\n"
-                     "| date | machine | input | device | encoder | precision | batch | patches | pipeline patches/s | "
-                     "bare model patches/s | ratio | reading alone patches/s | reading alone, OpenSlide only | "
-                     "peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    text = results.read_text()
-    head, _, tail = text.partition("## Extraction throughput")
-    table_end = tail.find("\n\n", tail.find("|---"))
-    tail = tail[:table_end] + "\n" + row + tail[table_end:] if table_end != -1 else tail.rstrip("\n") + "\n" + row + "\n"
-    results.write_text(head + "## Extraction throughput" + tail)
-
+    append_rows("Extraction throughput (benchmarks/extract_throughput.py)", "", COLUMNS, [row], Path(args.results))
 
 if __name__ == "__main__":
     main()
