@@ -313,8 +313,10 @@ class SlideFeatures:
 class SlideWriter:
     """Streams one slide's rows into staging, chunk-aligned, and commits it in one step.
 
-    Rows may arrive in batches of any size; they are buffered until a whole chunk can be written, so
-    memory stays bounded by one chunk per array whatever the slide's size.
+    Features arrive in batches of any size and are buffered until a whole chunk can be written, so
+    memory stays bounded by one chunk whatever the slide's size. Coordinates and tissue fractions (20
+    bytes a row) are kept until the commit and written once: each is a single chunk, which would
+    otherwise be rewritten whole at every flush.
     """
 
     def __init__(self, store: Store, final_path: str, n: int, dim: int, dtype: str):
@@ -322,21 +324,24 @@ class SlideWriter:
         self._stage = store._new_staging()
         be = store._backend
         self._rows = _row_chunks(n, dim * np.dtype(dtype).itemsize)
-        self._arrays = {
-            "features": be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim)),
+        self._features = be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim))
+        self._small = {
             "coords": be.create_array(f"{self._stage}/coords", (n, 2), "int64", (max(n, 1), 2)),
-            "tissue_fraction": be.create_array(
-                f"{self._stage}/tissue_fraction", (n,), "float32", (max(n, 1),)
-            ),
+            "tissue_fraction": be.create_array(f"{self._stage}/tissue_fraction", (n,), "float32", (max(n, 1),)),
         }
-        self._buf: dict[str, list[np.ndarray]] = {k: [] for k in self._arrays}
+        self._buf: list[np.ndarray] = []
+        self._small_buf: dict[str, list[np.ndarray]] = {k: [] for k in self._small}
         self._buffered = 0
         self._written = 0
         self.n = n
 
     def write(self, features: np.ndarray, coords: np.ndarray, tissue_fraction: np.ndarray) -> None:
-        for k, v in (("features", features), ("coords", coords), ("tissue_fraction", tissue_fraction)):
-            self._buf[k].append(np.asarray(v))
+        features = np.asarray(features)
+        if self._written + self._buffered + len(features) > self.n:
+            raise ValueError(f"slide writer got {self._written + self._buffered + len(features)} rows, expected {self.n}")
+        self._buf.append(features)
+        self._small_buf["coords"].append(np.asarray(coords))
+        self._small_buf["tissue_fraction"].append(np.asarray(tissue_fraction))
         self._buffered += len(features)
         if self._buffered >= self._rows:
             self._flush(whole_chunks_only=True)
@@ -344,20 +349,20 @@ class SlideWriter:
     def _flush(self, whole_chunks_only: bool) -> None:
         if not self._buffered:
             return
-        merged = {k: np.concatenate(v) for k, v in self._buf.items()}
+        merged = np.concatenate(self._buf)
         take = (self._buffered // self._rows) * self._rows if whole_chunks_only else self._buffered
-        if self._written + take > self.n:
-            raise ValueError(f"slide writer got {self._written + take} rows, expected {self.n}")
-        for k, arr in self._arrays.items():
-            arr[self._written : self._written + take] = merged[k][:take]
+        self._features[self._written : self._written + take] = merged[:take]
         self._written += take
-        self._buf = {k: [v[take:]] for k, v in merged.items()}
+        self._buf = [merged[take:]]
         self._buffered -= take
 
     def commit(self, attrs: Mapping[str, Any]) -> None:
         self._flush(whole_chunks_only=False)
         if self._written != self.n:
             raise ValueError(f"slide writer got {self._written} rows, expected {self.n}")
+        for k, arr in self._small.items():
+            if self.n:
+                arr[:] = np.concatenate(self._small_buf[k])
         be = self._store._backend
         be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso()})
         be.move(self._stage, self._final)
