@@ -7,6 +7,7 @@ tile that fails is never replaced by a blank one.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,17 +183,23 @@ class OpenSlideReader(SlideReader):
             raise SlideError(f"{self.path.name}: cannot read region at ({x}, {y}) level {level}: {exc}") from exc
         return _to_rgb_on_white(img)
 
-    def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
-        ds = max(region.width, region.height) / max_side
-        level = self.best_level(max(ds, 1.0))
+    def thumbnail(self, region: Region, max_side: int, strip_bytes: int = 32 << 20) -> tuple[np.ndarray, float]:
+        """Block means over the best level, read in strips: memory stays flat even when a slide has no
+        pyramid and the best level is level 0 of a 100,000-pixel scan."""
+        level = self.best_level(max(max(region.width, region.height) / max_side, 1.0))
         lds = self.level_downsamples[level]
-        w, h = int(np.ceil(region.width / lds)), int(np.ceil(region.height / lds))
-        img = self.read(region.x, region.y, level, w, h)
-        scale = max(1.0, ds / lds)
-        if scale > 1.0:
-            img = np.asarray(Image.fromarray(img).resize((max(1, round(w / scale)), max(1, round(h / scale))),
-                                                         Image.Resampling.BILINEAR))
-        return img, region.width / img.shape[1]
+        w, h = math.ceil(region.width / lds), math.ceil(region.height / lds)
+        factor = max(1, math.ceil(max(w, h) / max_side))  # level pixels per thumbnail pixel, each way
+        out_w, out_h = math.ceil(w / factor), math.ceil(h / factor)
+        rows = max(1, strip_bytes // (out_w * factor * factor * 3))  # thumbnail rows per strip
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for r0 in range(0, out_h, rows):
+            r1 = min(out_h, r0 + rows)
+            # Beyond the slide's edge the read is white, so edge blocks average in background.
+            strip = self.read(region.x, region.y + round(r0 * factor * lds), level, out_w * factor, (r1 - r0) * factor)
+            means = strip.reshape(r1 - r0, factor, out_w, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+            out[r0:r1] = np.round(means).astype(np.uint8)
+        return out, lds * factor
 
     def close(self) -> None:
         if self._direct is not None:

@@ -90,6 +90,26 @@ def test_sparse_tiles_are_background_as_in_openslide(tmp_path):
 
 
 @pytest.mark.shared
+def test_thumbnail_is_block_means_read_in_strips(tmp_path, cmu_pixels):
+    """A slide with no pyramid: the thumbnail is block means of level 0, read a strip at a time (memory
+    stays flat on a 100,000-pixel scan); the strip size changes nothing."""
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, cmu_pixels, tile=(256, 256), compression="zlib", photometric="rgb")
+    with OpenSlideReader(path, mpp=0.5) as r:
+        region = r.regions()[0]
+        whole, ds = r.thumbnail(region, 500)
+        strips, ds_strips = r.thumbnail(region, 500, strip_bytes=1 << 16)
+    f = 6  # ceil(2967 / 500) level-0 pixels per thumbnail pixel
+    assert ds == ds_strips == f
+    np.testing.assert_array_equal(whole, strips)
+    h, w = cmu_pixels.shape[:2]
+    padded = np.full((-(-h // f) * f, -(-w // f) * f, 3), 255, np.uint8)  # white beyond the edge
+    padded[:h, :w] = cmu_pixels
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
+    np.testing.assert_array_equal(whole, np.round(blocks).astype(np.uint8))
+
+
+@pytest.mark.shared
 def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
     bad = tmp_path / "corrupt.svs"
     shutil.copy(CMU, bad)
