@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_throughput.py
 	$(BIN)/python benchmarks/trainer_speed.py
 	$(BIN)/python benchmarks/store_write.py
+	$(BIN)/python benchmarks/reader_balance.py
 
 clean:
 	rm -rf $(VENV) demo-out bench-out

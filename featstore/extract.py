@@ -1,7 +1,7 @@
 """The one-time pass: slides -> tissue -> patch grid -> frozen encoder -> feature store.
 
-Reading and decoding run in DataLoader worker processes (one slide at a time per worker, slides dealt
-round-robin), overlapped with batched inference in the main process; batches span slide boundaries so
+Reading and decoding run in DataLoader worker processes (one slide at a time per worker, each taking
+the next unclaimed slide), overlapped with batched inference in the main process; batches span slide boundaries so
 the accelerator never waits for a small slide; a background thread owns every store write. Queues are
 bounded, so memory stays flat however large a slide is. Each slide is committed atomically once all its
 rows are written; a slide that fails is recorded with its reason and the others go on.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import multiprocessing
 import os
 import queue
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from featstore.barcodes import patient_of
 from featstore.encoders import Encoder, build_encoder
@@ -231,17 +232,26 @@ def read_patch(reader, geom: Geometry, x: int, y: int) -> np.ndarray:
 
 
 class _PatchStream(IterableDataset):
-    """Yields ('plan', i, plan) / ('patches', i, start, uint8 NHWC) / ('error', i, reason) per slide."""
+    """Yields ('plan', i, plan) / ('patches', i, start, uint8 NHWC) / ('error', i, reason) per slide.
+
+    Workers take the next unclaimed slide from a shared counter when they finish one, so a cohort of
+    slides of very different sizes keeps every worker busy to the end (a fixed deal would leave the
+    workers with the small slides idle while one reads the big ones). One pass per instance.
+    """
 
     def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
                  chunk: int):
         self.specs, self.cfg, self.mpp_default, self.chunk = specs, cfg, mpp_default, chunk
+        self._next = multiprocessing.get_context().Value("i", 0)  # shared with the worker processes
 
     def __iter__(self) -> Iterator[tuple]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        for idx, spec in self.specs[wid::nw]:
-            yield from self._slide(idx, spec)
+        while True:
+            with self._next.get_lock():
+                i = self._next.value
+                self._next.value += 1
+            if i >= len(self.specs):
+                return
+            yield from self._slide(*self.specs[i])
 
     def _slide(self, idx: int, spec: SlideSpec) -> Iterator[tuple]:
         try:
