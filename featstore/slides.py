@@ -139,8 +139,9 @@ class OpenSlideReader(SlideReader):
         else:
             self.mpp, self.mpp_source = _mpp_from_properties(self.properties, self.path, allow_objective)
         self._direct: TiffTiles | None = None
-        self.pixel_source = "openslide"
-        if direct:
+        plain_image = isinstance(self._slide, openslide.ImageSlide)
+        self.pixel_source = "PIL (plain image, through openslide.ImageSlide)" if plain_image else "openslide"
+        if direct and not plain_image:
             try:
                 self._direct, self.pixel_source = open_direct(self.path, self.properties.get("openslide.vendor", ""),
                                                               self.level_dimensions, self._disagreement)

@@ -14,7 +14,7 @@ from featstore.extract import ExtractConfig, extract, find_slides
 from featstore.slides import OpenSlideReader, SlideError
 from featstore.tifftiles import TiffTiles, TileReadError, open_direct
 
-from .conftest import CMU, TCGA_NO_MPP
+from .conftest import CMU, TCGA_NO_MPP, TILES
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,8 @@ def test_disagreement_or_foreign_vendor_falls_back_to_openslide():
     assert tiles is None and note == "openslide (direct TIFF decoding disagreed: colours differ)"
     tiles, note = open_direct(CMU, "leica", ((2220, 2967),), lambda t: None)
     assert tiles is None and "no direct reader for vendor 'leica'" in note
+    with OpenSlideReader(TILES / "tcga-lung-rgb.png", mpp=0.5) as png:
+        assert png.pixel_source.startswith("PIL (plain image")
 
 
 @pytest.mark.shared
