@@ -60,13 +60,10 @@ def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
 def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> float:
     """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
     the pipeline can reach when reading, not inference, is the slower half."""
-    from torch.utils.data import DataLoader
-
-    from featstore.extract import _default_workers, _PatchStream
+    from featstore.extract import _default_workers, _PatchStream, patch_loader
 
     workers = _default_workers() if num_workers is None else num_workers
-    loader = DataLoader(_PatchStream(list(enumerate(specs)), cfg, None, 32), batch_size=None, num_workers=workers,
-                        prefetch_factor=4 if workers else None)
+    loader = patch_loader(_PatchStream(list(enumerate(specs)), cfg, None, 32), workers)
     n, t0 = 0, time.perf_counter()
     for item in loader:
         if item[0] == "patches":

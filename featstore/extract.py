@@ -275,6 +275,16 @@ class _PatchStream(IterableDataset):
             reader.close()
 
 
+def patch_loader(stream: _PatchStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    """Reader workers over ``stream``, items handed on as soon as any worker has one.
+
+    ``in_order=False``: a worker busy with a big slide's tissue mask never holds back the chunks the
+    others have ready (each slide still comes from one worker, in order, which is all the writer needs).
+    """
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, in_order=False)
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, SlideError) else f"{type(exc).__name__}: {exc}"
 
@@ -445,10 +455,11 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     embed = PatchEmbedder(encoder, dev, precision)
     cuda = dev.type == "cuda"
     chunk = max(1, min(batch_size, 32))
-    stream = _PatchStream(list(enumerate(specs)), cfg, mpp_default, chunk)
-    workers = min(num_workers, len(specs))
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=cuda,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    # Largest files first: the last slides claimed are then small ones, so no worker is left reading a
+    # big slide alone while the device waits (longest-processing-time-first scheduling).
+    largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
+    stream = _PatchStream([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk)
+    loader = patch_loader(stream, min(num_workers, len(specs)), pin_memory=cuda)
     writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, str(dev), log, report, strict)
     buffered: list[tuple[int, int, torch.Tensor]] = []
     n_buffered = 0
