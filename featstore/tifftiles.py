@@ -30,23 +30,42 @@ class TileReadError(Exception):
     """A tile could not be read or decoded (truncated file, corrupt data)."""
 
 
-class TiffLevel:
-    """One pyramid level read straight from its TIFF page, with a bounded cache of decoded tiles."""
+class TileCache:
+    """Decoded tiles of one slide, least recently used evicted first, bounded in bytes across levels."""
 
-    def __init__(self, page, fd: int, name: str, cache_bytes: int):
-        self.page, self.fd, self.name = page, fd, name
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._tiles: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None | bool:
+        """The tile (None for an empty one), or False when it is not cached."""
+        tile = self._tiles.get(key, False)
+        if tile is not False:
+            self._tiles.move_to_end(key)
+        return tile
+
+    def put(self, key: tuple[int, int], tile: np.ndarray | None) -> None:
+        self._tiles[key] = tile
+        self.bytes += 0 if tile is None else tile.nbytes
+        while self.bytes > self.max_bytes and len(self._tiles) > 1:
+            old = self._tiles.popitem(last=False)[1]
+            self.bytes -= 0 if old is None else old.nbytes
+
+
+class TiffLevel:
+    """One pyramid level read straight from its TIFF page."""
+
+    def __init__(self, page, fd: int, name: str, cache: TileCache):
+        self.page, self.fd, self.name, self.cache = page, fd, name, cache
         self.height, self.width = page.imagelength, page.imagewidth
         self.tile_h, self.tile_w = page.tilelength, page.tilewidth
         self.tiles_across = -(-self.width // self.tile_w)
         self._decode_kwargs = {"jpegtables": page.jpegtables} if page.jpegtables is not None else {}
-        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
-        self._cache_tiles = max(4, cache_bytes // (self.tile_h * self.tile_w * 3))
 
     def _tile(self, index: int) -> np.ndarray | None:
         """Decoded tile ``index`` (tile_h x tile_w x 3), or None for a tile the file declares empty."""
-        tile = self._cache.get(index, False)
+        tile = self.cache.get((self.page.index, index))
         if tile is not False:
-            self._cache.move_to_end(index)
             return tile
         offset, count = int(self.page.dataoffsets[index]), int(self.page.databytecounts[index])
         if count == 0:
@@ -64,9 +83,7 @@ class TiffLevel:
             if seg is None:
                 raise TileReadError(f"{self.name}: tile {index} of page {self.page.index} decoded to nothing")
             tile = seg.reshape(seg.shape[-3:])
-        self._cache[index] = tile
-        if len(self._cache) > self._cache_tiles:
-            self._cache.popitem(last=False)
+        self.cache.put((self.page.index, index), tile)
         return tile
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -101,12 +118,13 @@ class TiffTiles:
         self._tif = tifffile.TiffFile(path)
         self._fd = os.open(path, os.O_RDONLY)
         self.levels: dict[int, TiffLevel] = {}
+        cache = TileCache(cache_bytes)  # one budget for all levels: planning reads one, patches another
         try:
             pages = [p for p in self._tif.pages if _readable(p, tifffile)]
             for level, (w, h) in enumerate(level_dimensions):
                 match = [p for p in pages if (p.imagewidth, p.imagelength) == (w, h)]
                 if len(match) == 1:
-                    self.levels[level] = TiffLevel(match[0], self._fd, path.name, cache_bytes)
+                    self.levels[level] = TiffLevel(match[0], self._fd, path.name, cache)
         except BaseException:
             self.close()
             raise

@@ -12,7 +12,7 @@ import tifffile
 import featstore
 from featstore.extract import ExtractConfig, extract, find_slides
 from featstore.slides import OpenSlideReader, SlideError
-from featstore.tifftiles import TiffTiles, TileReadError, open_direct
+from featstore.tifftiles import TiffTiles, TileCache, TileReadError, open_direct
 
 from .conftest import CMU, TCGA_NO_MPP, TILES
 
@@ -169,3 +169,15 @@ def test_extract_with_direct_tiles_equals_extract_through_openslide(tmp_path):
         assert ref.attrs["provenance"]["pixels"] == "openslide"
         np.testing.assert_array_equal(direct.coords, ref.coords)
         np.testing.assert_array_equal(direct.features, ref.features)
+
+
+def test_tile_cache_is_bounded_in_bytes_and_evicts_least_recently_used():
+    cache = TileCache(max_bytes=3 * 100)
+    tiles = {k: np.zeros(100, np.uint8) for k in [(0, 1), (0, 2), (1, 1)]}  # keys: (page, tile) across levels
+    for k, t in tiles.items():
+        cache.put(k, t)
+    cache.put((0, 9), None)  # an empty tile costs nothing
+    assert cache.get((0, 1)) is tiles[(0, 1)]  # now most recently used
+    cache.put((1, 2), np.zeros(100, np.uint8))
+    assert cache.bytes == 300
+    assert cache.get((0, 2)) is False and cache.get((0, 1)) is not False and cache.get((0, 9)) is None
