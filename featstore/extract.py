@@ -1,10 +1,11 @@
 """The one-time pass: slides -> tissue -> patch grid -> frozen encoder -> feature store.
 
 Reading and decoding run in DataLoader worker processes (one slide at a time per worker, each taking
-the next unclaimed slide), overlapped with batched inference in the main process; batches span slide boundaries so
-the accelerator never waits for a small slide; a background thread owns every store write. Queues are
-bounded, so memory stays flat however large a slide is. Each slide is committed atomically once all its
-rows are written; a slide that fails is recorded with its reason and the others go on.
+the next unclaimed slide, largest first), overlapped with batched inference in the main process;
+batches span slide boundaries so the accelerator never waits for a small slide; a background thread
+owns every store write. Queues are bounded, so memory stays flat however large a slide is. Each slide
+is committed atomically once all its rows are written; a slide that fails is recorded with its reason
+and the others go on.
 """
 
 from __future__ import annotations

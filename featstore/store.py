@@ -496,9 +496,9 @@ class Store:
             # Checked without listing the store: this runs once per slide read.
             if self._backend.has(path) and (kind == "features" or self._backend.attrs(path).get("kind") == kind):
                 return name
-            available = self.feature_sets() if kind == "features" else self.tables(kind)
-            raise StoreError(f"store {self.path} has no {kind} named {name!r}; it has: {', '.join(available) or 'none'}")
         available = self.feature_sets() if kind == "features" else self.tables(kind)
+        if name is not None:
+            raise StoreError(f"store {self.path} has no {kind} named {name!r}; it has: {', '.join(available) or 'none'}")
         if len(available) == 1:
             return available[0]
         if not available:

@@ -35,7 +35,6 @@ class Cohort:
         return np.array([bool(self.slides.get(p)) for p in self.patient_ids])
 
 
-
 def load_cohort(store: Store, features: str | None = None, genes: str | None = None,
                 labels: str | Path | None = None, label_map: str | None = "pam50-binary",
                 use_genes: bool = True, use_image: bool = True, missing: str = "drop",

@@ -66,15 +66,6 @@ def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (tokens * weights.unsqueeze(-1)).sum(-2) / weights.sum(-1, keepdim=True).clamp_min(1e-8)
 
 
-class _GeneEncoder(nn.Module):
-    def __init__(self, models: int, gene_dim: int, hidden: int, out: int, dropout: float, snn: bool):
-        super().__init__()
-        self.net = FoldMLP(models, [gene_dim, hidden, out], dropout, snn)
-
-    def forward(self, genes: torch.Tensor) -> torch.Tensor:
-        return self.net(genes)
-
-
 class _ImageEncoder(nn.Module):
     """One vector per patient: gated attention pooling of projected tokens, plus a projection of the bag mean.
 
@@ -82,7 +73,7 @@ class _ImageEncoder(nn.Module):
     which attention over noisy tokens recovers poorly (measured on simulated bags, see tests).
     """
 
-    def __init__(self, models: int, token_dim: int, hidden: int, dropout: float, with_mean: bool = True):
+    def __init__(self, models: int, token_dim: int, hidden: int, with_mean: bool = True):
         super().__init__()
         self.proj = nn.Sequential(FoldLinear(models, token_dim, hidden), nn.ReLU())
         self.pool = GatedAttentionPool(models, hidden, hidden // 2)
@@ -99,7 +90,7 @@ class _ImageEncoder(nn.Module):
 class GeneMLP(nn.Module):
     def __init__(self, models, gene_dim, token_dim, hidden=256, dropout=0.25, snn=False):
         super().__init__()
-        self.enc = _GeneEncoder(models, gene_dim, hidden, 64, dropout, snn)
+        self.enc = FoldMLP(models, [gene_dim, hidden, 64], dropout, snn)
         self.out = FoldLinear(models, 64, 1)
 
     def forward(self, genes, tokens, mask, weights):
@@ -124,7 +115,7 @@ class ImageMean(nn.Module):
 class ImageABMIL(nn.Module):
     def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
         super().__init__()
-        self.enc = _ImageEncoder(models, token_dim, hidden, dropout, with_mean=False)
+        self.enc = _ImageEncoder(models, token_dim, hidden, with_mean=False)
         self.out = FoldLinear(models, hidden, 1)
 
     def forward(self, genes, tokens, mask, weights):
@@ -137,8 +128,8 @@ class ImageABMIL(nn.Module):
 class Concat(nn.Module):
     def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
         super().__init__()
-        self.genes = _GeneEncoder(models, gene_dim, 64, 32, dropout, snn)
-        self.image = _ImageEncoder(models, token_dim, hidden, dropout)
+        self.genes = FoldMLP(models, [gene_dim, 64, 32], dropout, snn)
+        self.image = _ImageEncoder(models, token_dim, hidden)
         self.mlp = FoldMLP(models, [32 + hidden, 64], dropout)
         self.out = FoldLinear(models, 64, 1)
 
@@ -167,8 +158,8 @@ class Late(nn.Module):
 class Bilinear(nn.Module):
     def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=16):
         super().__init__()
-        self.genes = _GeneEncoder(models, gene_dim, 64, dim, dropout, snn)
-        self.image_enc = _ImageEncoder(models, token_dim, hidden, dropout)
+        self.genes = FoldMLP(models, [gene_dim, 64, dim], dropout, snn)
+        self.image_enc = _ImageEncoder(models, token_dim, hidden)
         self.image_proj = FoldLinear(models, hidden, dim)
         self.gate_g = FoldLinear(models, 2 * dim, dim)
         self.gate_i = FoldLinear(models, 2 * dim, dim)

@@ -64,10 +64,7 @@ def fit_token_pca(tokens: np.ndarray, mask: np.ndarray, train_idx: np.ndarray, d
     x = torch.from_numpy(tokens[train_idx][mask[train_idx]].astype(np.float32))
     mean = x.mean(0)
     dim = min(dim, x.shape[1], max(1, x.shape[0] - 1))
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded, leaving the caller's random state as it was
+        torch.manual_seed(seed)
         _, _, v = torch.pca_lowrank(x - mean, q=dim, center=False, niter=4)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return TokenPCA(np.asarray(train_idx), mean.numpy(), v[:, :dim].numpy())

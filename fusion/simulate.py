@@ -18,10 +18,12 @@ Everything written is marked ``simulated`` (feature-set config, slide provenance
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from featstore.provenance import config_hash
 from featstore.store import ExpressionTable, LabelTable, Store
 from featstore.store import open as open_store
 
@@ -53,7 +55,7 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
     else:
         if labels is None:
             raise ValueError("patient_ids needs labels")
-        counts = {c: list(labels.values()).count(c) for c in set(labels.values())}
+        counts = Counter(labels.values())
         positive = min(counts, key=lambda c: (counts[c], c))
         y = np.array([labels[p] == positive for p in patient_ids], int)
         label_names = [labels[p] for p in patient_ids]
@@ -66,8 +68,6 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                   "informative_fraction": informative_fraction, "image_pattern": image_pattern}
     config = {"source": "simulated", "note": SIMULATED, "dim": dim, "patches": patches, **provenance,
               "encoder": "simulated"}
-    from featstore.provenance import config_hash
-
     store.create_feature_set(feature_set, config, config_hash(config))
     direction = rng.standard_normal(dim)
     direction /= np.linalg.norm(direction)

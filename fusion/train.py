@@ -115,10 +115,11 @@ def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarra
 
 
 def _gather(data: FoldData, idx: torch.Tensor, perm: dict[str, torch.Tensor] | None = None):
-    """Minibatch ``idx`` (M, B) of every model; ``perm`` maps a modality to a row permutation (modality check)."""
+    """Minibatch ``idx`` (M, B) of every model; ``perm`` maps a modality to an (M, P) row permutation per
+    model (the modality check)."""
     m = torch.arange(idx.shape[0])[:, None]
-    gi = idx if not perm or GENES not in perm else perm[GENES][idx]
-    ii = idx if not perm or IMAGE not in perm else perm[IMAGE][idx]
+    gi = idx if not perm or GENES not in perm else perm[GENES].gather(1, idx)
+    ii = idx if not perm or IMAGE not in perm else perm[IMAGE].gather(1, idx)
     genes = data.genes[m, gi] * data.gene_present[gi].unsqueeze(-1)
     tokens = data.tokens[m, ii]
     mask = data.mask[ii] & data.image_present[ii].unsqueeze(-1)
@@ -237,12 +238,8 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
             _scatter(oof, data, probs, test_valid.numpy())
             if modality_check and spec.multimodal:
                 # Permute one modality across the patients of each test fold, keep the other.
+                perm = permute_within_test_folds(data.test, len(y), cfg.seed + 7)
                 for modality in (GENES, IMAGE):
-                    g = torch.Generator().manual_seed(cfg.seed + 7)
-                    perm = torch.arange(len(y))
-                    for rows in data.test:
-                        r = torch.from_numpy(rows)
-                        perm[r] = r[torch.randperm(len(r), generator=g)]
                     pp = torch.sigmoid(_predict(model, data, test_idx, perm={modality: perm})).numpy()
                     permuted[modality] = np.full(assign.shape, np.nan)
                     _scatter(permuted[modality], data, pp, test_valid.numpy())
@@ -250,6 +247,19 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
         torch.set_num_threads(prev_threads)
     return CVResult(head, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, int(n_params),
                     list(map(int, epochs)), data.fitted, permuted)
+
+
+def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: int) -> torch.Tensor:
+    """(M, P) row maps: model i sees its own test patients shuffled among themselves, every other row as is.
+
+    Per model, because with repeats the test folds of different models overlap: one shared map would
+    hand a model a patient from its own training part."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.arange(patients).repeat(len(test_rows), 1)
+    for i, rows in enumerate(test_rows):
+        r = torch.from_numpy(rows)
+        perm[i, r] = r[torch.randperm(len(r), generator=g)]
+    return perm
 
 
 def _scatter(out: np.ndarray, data: FoldData, probs: np.ndarray, valid: np.ndarray) -> None:

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import featstore
+from featstore.tables import import_labels, read_expression
 from fusion.api import CVOptions, bench, cv
 from fusion.cohort import load_cohort
 from fusion.heads import HEADS
 from fusion.metrics import all_metrics, average_precision, roc_auc
 from fusion.simulate import simulate_cohort
 from fusion.splits import make_splits, read_splits, write_splits
-from fusion.train import TrainConfig, cross_validate
+from fusion.train import TrainConfig, cross_validate, permute_within_test_folds
 from fusion.views import build_view
 
 from .conftest import MIXOMICS
@@ -26,11 +27,7 @@ FAST = TrainConfig(epochs=40, patience=8)
 def brca(tmp_path_factory):
     """Real TCGA-BRCA expression (mixOmics, 220 samples x 200 genes) with its real PAM50 labels."""
     path = tmp_path_factory.mktemp("brca") / "brca.zarr"
-    from featstore.tables import import_genes, import_labels
-
     with featstore.open(path, "a") as s:
-        from featstore.tables import read_expression
-
         train, _ = read_expression(MIXOMICS / "data_train_mrna.csv")
         test, _ = read_expression(MIXOMICS / "data_test_mrna.csv")
         train.values = np.concatenate([train.values, test.values])
@@ -39,7 +36,6 @@ def brca(tmp_path_factory):
         s.write_expression("expression", train)
         import_labels(s, MIXOMICS / "data_train_subtype.csv", "train_labels", id_column="participant_code",
                       label_column="subtype")
-    del import_genes
     return path
 
 
@@ -209,3 +205,17 @@ def test_vectorised_metrics_match_scikit_learn():
     np.testing.assert_allclose(roc_auc(batch_y, batch_p), [roc_auc_score(a, b) for a, b in zip(batch_y, batch_p)])
     np.testing.assert_allclose(average_precision(batch_y, batch_p),
                                [average_precision_score(a, b) for a, b in zip(batch_y, batch_p)])
+
+
+def test_modality_check_shuffles_each_model_within_its_own_test_fold():
+    """With repeats the test folds of different models overlap; each model's permuted input must still
+    come from its own test patients, never from its training part."""
+    pids = [f"P{i}" for i in range(40)]
+    assign = make_splits(pids, np.arange(40) % 2, folds=4, repeats=2, seed=0)
+    tests = [np.flatnonzero(assign[r] == f) for r in range(2) for f in range(4)]
+    perm = permute_within_test_folds(tests, 40, seed=7).numpy()
+    assert perm.shape == (8, 40)
+    for i, rows in enumerate(tests):
+        others = np.setdiff1d(np.arange(40), rows)
+        np.testing.assert_array_equal(perm[i, others], others)
+        assert sorted(perm[i, rows]) == sorted(rows) and (perm[i, rows] != rows).any()

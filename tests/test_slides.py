@@ -8,11 +8,13 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from PIL import Image
 
 import featstore
-from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.extract import ExtractConfig, extract, find_slides, read_patch
 from featstore.slides import OpenSlideReader, SlideError
 from featstore.tifftiles import TiffTiles, TileCache, TileReadError, open_direct
+from featstore.tiling import Geometry
 
 from .conftest import CMU, TCGA_NO_MPP, TILES
 
@@ -107,6 +109,19 @@ def test_thumbnail_is_block_means_read_in_strips(tmp_path, cmu_pixels):
     padded[:h, :w] = cmu_pixels
     blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
     np.testing.assert_array_equal(whole, np.round(blocks).astype(np.uint8))
+
+
+@pytest.mark.shared
+def test_resized_patch_is_pils_antialiased_bilinear():
+    """A 40x-style read (449 px resized to 224) equals PIL's BILINEAR resize to within one grey level."""
+    with OpenSlideReader(CMU) as r:
+        geom = Geometry.for_slide(1.0, 224, r.mpp, r.level_downsamples)
+        assert (geom.read_size, geom.patch_size) == (449, 224)
+        raw = r.read(600, 900, geom.level, geom.read_size, geom.read_size)
+        got = read_patch(r, geom, 600, 900)
+    want = np.asarray(Image.fromarray(raw).resize((224, 224), Image.Resampling.BILINEAR))
+    assert got.shape == want.shape == (224, 224, 3)
+    assert np.abs(got.astype(int) - want).max() <= 1
 
 
 @pytest.mark.shared
