@@ -217,7 +217,7 @@ def extract(
     reader: Annotated[str, typer.Option(help="auto (SVS and tiled TIFF tiles decoded directly, checked against "
                                              "OpenSlide) | openslide (every pixel through OpenSlide)")] = "auto",
     batch_size: int = 64,
-    num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1)")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1, at most 12)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
     dask_workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of N workers")] = None,

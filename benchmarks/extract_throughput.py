@@ -60,12 +60,11 @@ def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
 def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> float:
     """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
     the pipeline can reach when reading, not inference, is the slower half."""
-    from featstore.extract import _default_workers, _PatchStream, patch_loader
+    from featstore.extract import PatchReader, _default_workers
 
     workers = _default_workers() if num_workers is None else num_workers
-    loader = patch_loader(_PatchStream(list(enumerate(specs)), cfg, None, 32), workers)
     n, t0 = 0, time.perf_counter()
-    for item in loader:
+    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers):
         if item[0] == "patches":
             n += len(item[3])
     return n / (time.perf_counter() - t0)

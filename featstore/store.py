@@ -311,12 +311,13 @@ class SlideFeatures:
 
 
 class SlideWriter:
-    """Streams one slide's rows into staging, chunk-aligned, and commits it in one step.
+    """Streams one slide's rows into staging, chunk by chunk, in any order, and commits it in one step.
 
-    Features arrive in batches of any size and are buffered until a whole chunk can be written, so
-    memory stays bounded by one chunk whatever the slide's size. Coordinates and tissue fractions (20
-    bytes a row) are kept until the commit and written once: each is a single chunk, which would
-    otherwise be rewritten whole at every flush.
+    Rows arrive in batches of any size, in order or not (reader workers share a big slide's row ranges
+    between them). Each chunk is assembled in memory and written once, when its last row arrives, so
+    memory stays bounded by the partly filled chunks (about one per reader working on the slide) however
+    large the slide. Coordinates and tissue fractions (20 bytes a row) are kept until the commit and
+    written once: each is a single chunk, which would otherwise be rewritten at every flush.
     """
 
     def __init__(self, store: Store, final_path: str, n: int, dim: int, dtype: str):
@@ -329,40 +330,48 @@ class SlideWriter:
             "coords": be.create_array(f"{self._stage}/coords", (n, 2), "int64", (max(n, 1), 2)),
             "tissue_fraction": be.create_array(f"{self._stage}/tissue_fraction", (n,), "float32", (max(n, 1),)),
         }
-        self._buf: list[np.ndarray] = []
-        self._small_buf: dict[str, list[np.ndarray]] = {k: [] for k in self._small}
-        self._buffered = 0
-        self._written = 0
+        self._coords = np.zeros((n, 2), np.int64)
+        self._tissue = np.zeros(n, np.float32)
+        self._received = np.zeros(n, bool)
+        self._chunks: dict[int, list] = {}  # chunk index -> [rows so far, number of rows filled]
+        self._dim, self._dtype = dim, np.dtype(dtype)
+        self._next = 0
         self.n = n
 
-    def write(self, features: np.ndarray, coords: np.ndarray, tissue_fraction: np.ndarray) -> None:
+    def write(self, features: np.ndarray, coords: np.ndarray, tissue_fraction: np.ndarray,
+              start: int | None = None) -> None:
+        """Rows ``start`` to ``start + len(features)`` (default: right after the previous write)."""
         features = np.asarray(features)
-        if self._written + self._buffered + len(features) > self.n:
-            raise ValueError(f"slide writer got {self._written + self._buffered + len(features)} rows, expected {self.n}")
-        self._buf.append(features)
-        self._small_buf["coords"].append(np.asarray(coords))
-        self._small_buf["tissue_fraction"].append(np.asarray(tissue_fraction))
-        self._buffered += len(features)
-        if self._buffered >= self._rows:
-            self._flush(whole_chunks_only=True)
-
-    def _flush(self, whole_chunks_only: bool) -> None:
-        if not self._buffered:
-            return
-        merged = np.concatenate(self._buf)
-        take = (self._buffered // self._rows) * self._rows if whole_chunks_only else self._buffered
-        self._features[self._written : self._written + take] = merged[:take]
-        self._written += take
-        self._buf = [merged[take:]]
-        self._buffered -= take
+        start = self._next if start is None else int(start)
+        end = start + len(features)
+        if start < 0 or end > self.n:
+            raise ValueError(f"slide writer got rows {start}:{end}, but the slide has {self.n} rows")
+        if self._received[start:end].any():
+            raise ValueError(f"slide writer got rows {start}:{end}, some of them twice")
+        self._received[start:end] = True
+        self._coords[start:end] = coords
+        self._tissue[start:end] = tissue_fraction
+        self._next = end
+        pos = start
+        while pos < end:
+            c = pos // self._rows
+            c0, c1 = c * self._rows, min((c + 1) * self._rows, self.n)
+            take = min(end, c1) - pos
+            chunk = self._chunks.setdefault(c, [np.empty((c1 - c0, self._dim), self._dtype), 0])
+            chunk[0][pos - c0:pos - c0 + take] = features[pos - start:pos - start + take]
+            chunk[1] += take
+            if chunk[1] == c1 - c0:
+                self._features[c0:c1] = chunk[0]
+                del self._chunks[c]
+            pos += take
 
     def commit(self, attrs: Mapping[str, Any]) -> None:
-        self._flush(whole_chunks_only=False)
-        if self._written != self.n:
-            raise ValueError(f"slide writer got {self._written} rows, expected {self.n}")
-        for k, arr in self._small.items():
-            if self.n:
-                arr[:] = np.concatenate(self._small_buf[k])
+        got = int(self._received.sum())
+        if got != self.n:
+            raise ValueError(f"slide writer got {got} rows, expected {self.n}")
+        if self.n:
+            self._small["coords"][:] = self._coords
+            self._small["tissue_fraction"][:] = self._tissue
         be = self._store._backend
         be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso()})
         be.move(self._stage, self._final)

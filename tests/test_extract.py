@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,6 +114,19 @@ def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
         extract(find_slides([d]), store, ExtractConfig(encoder="resnet50-trunc", patch_size=96, target_mpp=2.0))
 
 
+def test_strict_stops_at_the_first_failure_and_leaves_a_clean_store(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    _mosaic(d / "big.tif", 2)
+    (d / "junk.svs").write_bytes(os.urandom(len((d / "big.tif").read_bytes()) + 1))  # largest: claimed first
+    report = extract(find_slides([d]), tmp_path / "s.zarr", CFG, batch_size=2, num_workers=2, strict=True)
+    assert list(report.failed) == ["junk"] and report.done == []  # the big slide was being read: dropped
+    with featstore.open(tmp_path / "s.zarr") as s:
+        assert s.slides() == [] and list(s.failures()) == ["junk"] and s.validate() == []
+    again = extract(find_slides([d]), tmp_path / "s.zarr", CFG, batch_size=2, num_workers=2)
+    assert again.done == ["big"] and list(again.failed) == ["junk"]
+
+
 def test_shards_partition_the_slides(tmp_path):
     specs = find_slides([_slides(tmp_path)])
     parts = [shard(specs, i, 3) for i in range(3)]
@@ -154,6 +168,71 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path):
             x, y = a.read_slide(None, sid), b.read_slide(None, sid)
             np.testing.assert_array_equal(x.coords, y.coords)
             np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), atol=1e-2)
+
+
+def _mosaic(path, n: int, corrupt_bottom: bool = False) -> None:
+    """An n x n mosaic of the real CMU slide as a JPEG pyramid (downsamples 1, 4, 32) at its true 0.499 µm/px.
+
+    ``corrupt_bottom`` zeroes level 1's bottom two rows of tiles, which 2 µm/px patches are read from;
+    the tissue thumbnail can come from level 2 and the check at open reads level 1's top-left corner.
+    """
+    import openslide
+    import tifffile
+
+    with openslide.OpenSlide(str(CMU)) as s:
+        big = np.tile(np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")), (n, n, 1))
+        px_per_cm = 1e4 / float(s.properties["openslide.mpp-x"])
+    with tifffile.TiffWriter(path) as tif:
+        for i, f in enumerate((1, 4, 32)):
+            tif.write(np.ascontiguousarray(big[::f, ::f]), tile=(128, 128), compression="jpeg", photometric="rgb",
+                      resolution=(px_per_cm / f, px_per_cm / f), resolutionunit="CENTIMETER", subfiletype=min(i, 1))
+    if corrupt_bottom:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[1]
+            across = -(-page.imagewidth // page.tilewidth)
+            tiles = list(zip(page.dataoffsets, page.databytecounts))[-2 * across:]
+        with open(path, "r+b") as fh:
+            for offset, count in tiles:
+                fh.seek(offset)
+                fh.write(b"\0" * count)
+
+
+def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
+    """One slide, two workers: the one that finds no slide to claim gets row ranges of the other's."""
+    _mosaic(tmp_path / "big.tif", 2)
+    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
+    events = []
+    # batch 2: 2-patch chunks and 64-patch shared ranges, so the 236-patch slide splits into several.
+    one = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "one.zarr", cfg, batch_size=2, num_workers=0)
+    two = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "two.zarr", cfg, batch_size=2, num_workers=2,
+                  on_event=events.append)
+    assert one.done == two.done == ["big"] and one.patches == two.patches > 200
+    shared = [e for e in events if e["event"] == "slide_shared"]
+    assert shared and all(e["slide_id"] == "big" and 0 < e["patches"][0] < e["patches"][1] <= two.patches
+                          for e in shared)
+    with featstore.open(tmp_path / "one.zarr") as a, featstore.open(tmp_path / "two.zarr") as b:
+        x, y = a.read_slide(None, "big"), b.read_slide(None, "big")
+        np.testing.assert_array_equal(x.coords, y.coords)
+        np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), atol=1e-2)
+        assert b.validate() == []
+
+
+def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
+    _mosaic(tmp_path / "bad.tif", 2, corrupt_bottom=True)
+    shutil.copy(CMU, tmp_path / "good.svs")
+    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0,
+                        thumbnail_side=128)
+    events = []
+    report = extract(find_slides([tmp_path / "bad.tif"]), tmp_path / "s.zarr", cfg, batch_size=2, num_workers=2,
+                     on_event=events.append)
+    assert any(e["event"] == "slide_shared" for e in events)  # the second worker had nothing else to do
+    assert report.done == [] and list(report.failed) == ["bad"]
+    assert re.search(r"bad\.tif.*tile \d+ of page 1 cannot be decoded", report.failed["bad"]), report.failed["bad"]
+    report = extract(find_slides([tmp_path / "bad.tif", tmp_path / "good.svs"]), tmp_path / "s.zarr", cfg,
+                     batch_size=2, num_workers=2)
+    assert report.done == ["good"] and list(report.failed) == ["bad"]
+    with featstore.open(tmp_path / "s.zarr") as s:
+        assert s.slides() == ["good"] and list(s.failures()) == ["bad"] and s.validate() == []
 
 
 def test_dask_local_cluster_equals_local_run(tmp_path):

@@ -100,6 +100,35 @@ def test_slide_writer_streams_in_odd_batches(store_path):
     np.testing.assert_array_equal(got.coords, coords)
 
 
+def test_slide_writer_takes_row_ranges_in_any_order_once_each(store_path):
+    """Reader workers share a big slide's row ranges, so rows reach the writer out of order."""
+    rng = np.random.default_rng(1)
+    n, dim = 2000, 4096  # 8 KiB rows: 512-row chunks, so the 333-row ranges straddle chunk boundaries
+    feats = rng.standard_normal((n, dim)).astype(np.float16)
+    coords = rng.integers(0, 10_000, (n, 2))
+    ranges = [(a, min(a + 333, n)) for a in range(0, n, 333)]
+    rng.shuffle(ranges)
+    with featstore.open(store_path, "a") as s:
+        s.create_feature_set("f", {}, "h")
+        w = s.begin_slide("f", "shuffled", n, dim)
+        for a, b in ranges[:-1]:
+            w.write(feats[a:b], coords[a:b], np.full(b - a, 0.5), start=a)
+        a, b = ranges[0]
+        with pytest.raises(ValueError, match=f"rows {a}:{a + 10}, some of them twice"):
+            w.write(feats[a:a + 10], coords[a:a + 10], np.ones(10), start=a)
+        with pytest.raises(ValueError, match=f"but the slide has {n} rows"):
+            w.write(feats[:10], coords[:10], np.ones(10), start=n - 5)
+        a, b = ranges[-1]
+        with pytest.raises(ValueError, match=f"got {n - (b - a)} rows, expected {n}"):
+            w.commit({"patient_id": "P", "provenance": {}})
+        w.write(feats[a:b], coords[a:b], np.full(b - a, 0.5), start=a)
+        w.commit({"patient_id": "P", "provenance": {}})
+        got = s.read_slide("f", "shuffled")
+    np.testing.assert_array_equal(got.features, feats)
+    np.testing.assert_array_equal(got.coords, coords)
+    assert (got.tissue_fraction == 0.5).all()
+
+
 def test_validate_reports_problems(tmp_path):
     path = tmp_path / "v.zarr"
     with featstore.open(path, "a") as s:
