@@ -364,11 +364,12 @@ class _PatchStream(IterableDataset):
     def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[tuple]:
         """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks."""
         pos, end = 0, len(coords)
+        may_split = owner and self.ranges is not None and reader.shareable
         try:
             while pos < end and not self.failed[idx] and not self._orphaned():
                 # Idle workers with no range waiting for them: this worker keeps an equal share of its
                 # rows left and hands the rest out in ranges, within the range bounds.
-                idle = self._idle.value - self._pending.value if owner and self.ranges is not None else 0
+                idle = self._idle.value - self._pending.value if may_split else 0
                 if idle > 0 and end - pos >= 2 * self.min_range:
                     size = -(-(end - pos) // (idle + 1) // self.chunk) * self.chunk
                     size = max(self.min_range, min(self.max_range, size))

@@ -57,6 +57,9 @@ class SlideReader:
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     pixel_source: str  # which library decodes the pixels, recorded in provenance
+    # Whether other reader workers may open it too, to share its patches out: cheap for tiled slides,
+    # which read tiles as needed, but a plain image is decoded whole by every process that reads it.
+    shareable: bool = False
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -141,6 +144,7 @@ class OpenSlideReader(SlideReader):
         self._direct: TiffTiles | None = None
         plain_image = isinstance(self._slide, openslide.ImageSlide)
         self.pixel_source = "PIL (plain image, through openslide.ImageSlide)" if plain_image else "openslide"
+        self.shareable = not plain_image
         if direct and not plain_image:
             try:
                 self._direct, self.pixel_source = open_direct(self.path, self.properties.get("openslide.vendor", ""),

@@ -12,7 +12,9 @@ import time
 
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
 import featstore
 from featstore.distributed import run_on_dask
@@ -179,7 +181,6 @@ def _mosaic(path, n: int, corrupt_bottom: bool = False) -> None:
     the tissue thumbnail can come from level 2 and the check at open reads level 1's top-left corner.
     """
     import openslide
-    import tifffile
 
     with openslide.OpenSlide(str(CMU)) as s:
         big = np.tile(np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")), (n, n, 1))
@@ -217,6 +218,12 @@ def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
         np.testing.assert_array_equal(x.coords, y.coords)
         np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), atol=1e-2)
         assert b.validate() == []
+    # A plain image is not shared: every worker reading it would decode all of it.
+    Image.fromarray(tifffile.imread(tmp_path / "big.tif", key=0)).save(tmp_path / "big.png", compress_level=1)
+    events.clear()
+    png = extract(find_slides([tmp_path / "big.png"]), tmp_path / "png.zarr", cfg, batch_size=2, num_workers=2,
+                  mpp_default=0.499, on_event=events.append)
+    assert png.done == ["big"] and png.patches > 200 and not any(e["event"] == "slide_shared" for e in events)
 
 
 def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
