@@ -277,10 +277,11 @@ class _PatchStream(IterableDataset):
         self._pending = ctx.Value("i", 0)  # ranges split off and not yet taken
         self.failed = ctx.Array("b", max((i for i, _ in specs), default=0) + 1, lock=False)
         self.ranges = ctx.Queue() if share else None
-        self._parent = os.getpid()
+        self._ppid: int | None = None  # in a worker: its parent (the main process, or a fork server)
         self._spec = dict(specs)
 
     def __iter__(self) -> Iterator[tuple]:
+        self._ppid = os.getppid() if get_worker_info() is not None else None
         readers = _ReaderCache()
         try:
             while (unit := self._next_unit()) is not None:
@@ -318,8 +319,9 @@ class _PatchStream(IterableDataset):
                 self._idle.value -= 1
 
     def _orphaned(self) -> bool:
-        """The main process is gone (killed): a worker stops instead of reading on for nobody."""
-        return get_worker_info() is not None and os.getppid() != self._parent
+        """The main process is gone (killed): a worker stops instead of reading on for nobody. As torch's
+        own worker watchdog does, a worker watches for its parent process changing."""
+        return self._ppid is not None and os.getppid() != self._ppid
 
     def _took(self, unit: tuple | None) -> tuple | None:
         if unit is not None:
@@ -708,6 +710,7 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
             launch(buffered)
         if in_flight is not None:
             emit(*in_flight)
+        writer.put(("settle",))
         writer.close()
     except _StopRun:
         writer.close(discard=True)
@@ -810,6 +813,14 @@ class _Writer:
         st["writer"] = None
         self.report.done.append(spec.slide_id)
         self.log("slide_done", slide_id=spec.slide_id, patches=int(len(plan.coords)), seconds=round(seconds, 3))
+
+    def _settle(self) -> None:
+        """At the end of a run every slide is done or failed: one the readers left unfinished (a worker
+        that stopped early) is recorded as failed, never dropped without a word."""
+        settled = set(self.report.done) | set(self.report.failed)
+        for idx, spec in enumerate(self.specs):
+            if spec.slide_id not in settled:
+                self._fail(idx, "the readers stopped before this slide was read to the end; run again to redo it")
 
     def _fail(self, idx: int, reason: str) -> None:
         spec = self.specs[idx]

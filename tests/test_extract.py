@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +225,31 @@ def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
     png = extract(find_slides([tmp_path / "big.png"]), tmp_path / "png.zarr", cfg, batch_size=2, num_workers=2,
                   mpp_default=0.499, on_event=events.append)
     assert png.done == ["big"] and png.patches > 200 and not any(e["event"] == "slide_shared" for e in events)
+
+
+START_METHODS = """
+import multiprocessing, sys
+from featstore.extract import ExtractConfig, extract, find_slides
+cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
+if __name__ == "__main__":
+    for method in ("spawn", "forkserver"):  # macOS's default, and Linux's from Python 3.14
+        multiprocessing.set_start_method(method, force=True)
+        r = extract(find_slides([sys.argv[1]]), f"{sys.argv[2]}/{method}.zarr", cfg, batch_size=2, num_workers=2)
+        print(method, r.done, r.failed, r.patches, flush=True)
+"""
+
+
+def test_reader_workers_under_spawn_and_forkserver(tmp_path):
+    _mosaic(tmp_path / "big.tif", 2)
+    script = tmp_path / "start_methods.py"
+    script.write_text(START_METHODS)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "big.tif"), str(tmp_path)], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["spawn", "forkserver"]
+    assert all("['big'] {}" in line for line in lines), out
+    with featstore.open(tmp_path / "spawn.zarr") as a, featstore.open(tmp_path / "forkserver.zarr") as b:
+        np.testing.assert_array_equal(a.read_slide(None, "big").features, b.read_slide(None, "big").features)
 
 
 def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
