@@ -240,7 +240,10 @@ def extract(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")
+    # Patches of the slides planned so far: a run of one or a few big slides shows progress within them.
+    patch_task = progress.add_task("patches", total=0, rate="")
     counters = {"patches": 0, "t0": None}
+    unread: dict[str, int] = {}  # patches of each started slide not read yet
 
     def on_event(e: dict) -> None:
         import time
@@ -248,11 +251,19 @@ def extract(
         kind = e["event"]
         if counters["t0"] is None:
             counters["t0"] = time.perf_counter()
-        if kind == "progress":
+        if kind == "slide_started":
+            unread[e["slide_id"]] = e["patches"]
+            progress.update(patch_task, total=progress.tasks[patch_task].total + e["patches"])
+        elif kind == "progress":
             counters["patches"] += e["patches"]
+            if e["slide_id"] in unread:
+                unread[e["slide_id"]] -= e["patches"]
             rate = counters["patches"] / max(time.perf_counter() - counters["t0"], 1e-9)
             progress.update(task, rate=f"{rate:,.0f} patches/s")
-        elif kind in ("slide_done", "slide_failed", "slide_skipped"):
+            progress.advance(patch_task, e["patches"])
+        if kind == "slide_failed" and e["slide_id"] in unread:  # its unread patches will never come
+            progress.update(patch_task, total=progress.tasks[patch_task].total - unread.pop(e["slide_id"]))
+        if kind in ("slide_done", "slide_failed", "slide_skipped"):
             progress.advance(task)
             if not quiet:
                 if kind == "slide_done":
