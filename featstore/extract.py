@@ -624,7 +624,9 @@ def extract(
 
 
 def _default_workers() -> int:
-    return max(1, min(12, (os.cpu_count() or 2) - 1))
+    # The cores this process may use (a SLURM or container allocation), not all the host's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(12, cores - 1))
 
 
 class _StopRun(Exception):
