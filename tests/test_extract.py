@@ -41,6 +41,32 @@ def _slides(tmp_path):
     return d
 
 
+def _mosaic(path, n: int, corrupt_bottom: bool = False) -> None:
+    """An n x n mosaic of the real CMU slide as a JPEG pyramid (downsamples 1, 4, 32) at its true 0.499 µm/px.
+
+    ``corrupt_bottom`` zeroes level 1's bottom two rows of tiles, which 2 µm/px patches are read from;
+    the tissue thumbnail can come from level 2 and the check at open reads level 1's top-left corner.
+    """
+    import openslide
+
+    with openslide.OpenSlide(str(CMU)) as s:
+        big = np.tile(np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")), (n, n, 1))
+        px_per_cm = 1e4 / float(s.properties["openslide.mpp-x"])
+    with tifffile.TiffWriter(path) as tif:
+        for i, f in enumerate((1, 4, 32)):
+            tif.write(np.ascontiguousarray(big[::f, ::f]), tile=(128, 128), compression="jpeg", photometric="rgb",
+                      resolution=(px_per_cm / f, px_per_cm / f), resolutionunit="CENTIMETER", subfiletype=min(i, 1))
+    if corrupt_bottom:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[1]
+            across = -(-page.imagewidth // page.tilewidth)
+            tiles = list(zip(page.dataoffsets, page.databytecounts))[-2 * across:]
+        with open(path, "r+b") as fh:
+            for offset, count in tiles:
+                fh.seek(offset)
+                fh.write(b"\0" * count)
+
+
 def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
     store = tmp_path / "s.zarr"
     report = extract(find_slides([CMU]), store, CFG, batch_size=16, num_workers=1)
@@ -175,38 +201,12 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, workers):
             np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), atol=1e-2)
 
 
-def _mosaic(path, n: int, corrupt_bottom: bool = False) -> None:
-    """An n x n mosaic of the real CMU slide as a JPEG pyramid (downsamples 1, 4, 32) at its true 0.499 µm/px.
-
-    ``corrupt_bottom`` zeroes level 1's bottom two rows of tiles, which 2 µm/px patches are read from;
-    the tissue thumbnail can come from level 2 and the check at open reads level 1's top-left corner.
-    """
-    import openslide
-
-    with openslide.OpenSlide(str(CMU)) as s:
-        big = np.tile(np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")), (n, n, 1))
-        px_per_cm = 1e4 / float(s.properties["openslide.mpp-x"])
-    with tifffile.TiffWriter(path) as tif:
-        for i, f in enumerate((1, 4, 32)):
-            tif.write(np.ascontiguousarray(big[::f, ::f]), tile=(128, 128), compression="jpeg", photometric="rgb",
-                      resolution=(px_per_cm / f, px_per_cm / f), resolutionunit="CENTIMETER", subfiletype=min(i, 1))
-    if corrupt_bottom:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[1]
-            across = -(-page.imagewidth // page.tilewidth)
-            tiles = list(zip(page.dataoffsets, page.databytecounts))[-2 * across:]
-        with open(path, "r+b") as fh:
-            for offset, count in tiles:
-                fh.seek(offset)
-                fh.write(b"\0" * count)
-
-
 def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
     """One slide, two workers: the one that finds no slide to claim gets row ranges of the other's."""
     _mosaic(tmp_path / "big.tif", 2)
     cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
     events = []
-    # batch 2: 2-patch chunks and 64-patch shared ranges, so the 236-patch slide splits into several.
+    # batch 2: 2-patch chunks and 8- to 64-patch shared ranges, so the ~230-patch slide splits.
     one = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "one.zarr", cfg, batch_size=2, num_workers=0)
     two = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "two.zarr", cfg, batch_size=2, num_workers=2,
                   on_event=events.append)
