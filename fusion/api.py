@@ -112,10 +112,10 @@ def modality_check(y: np.ndarray, result: CVResult, assign: np.ndarray, opts: CV
     out = {}
     for modality, pred in result.permuted.items():
         _, summary = summarise(y, pred, assign, resamples=200, seed=opts.seed)
-        change = float(np.nanmean(np.abs(pred - result.oof)))
+        change = np.abs(pred - result.oof)
         out[modality] = {"roc_auc": summary["roc_auc"]["mean"], "pr_auc": summary["pr_auc"]["mean"],
-                         "mean_abs_change": round(change, 6), "max_abs_change": float(np.nanmax(np.abs(pred - result.oof))),
-                         "uses_modality": bool(np.nanmax(np.abs(pred - result.oof)) > 1e-6)}
+                         "mean_abs_change": round(float(np.nanmean(change)), 6),
+                         "max_abs_change": float(np.nanmax(change)), "uses_modality": bool(np.nanmax(change) > 1e-6)}
     return out
 
 

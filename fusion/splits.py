@@ -58,7 +58,8 @@ def write_splits(path: str | Path, patient_ids: list[str], assign: np.ndarray) -
 
 def read_splits(path: str | Path, patient_ids: list[str]) -> np.ndarray:
     """Read ``splits.csv``; every cohort patient must have a fold in every repeat."""
-    rows = list(csv.DictReader(Path(path).open(newline="")))
+    with Path(path).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
     if not rows or not {"patient_id", "repeat", "fold"} <= set(rows[0]):
         raise ValueError(f"{path}: a splits file has columns patient_id, repeat, fold")
     repeats = max(int(r["repeat"]) for r in rows) + 1
