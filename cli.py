@@ -85,7 +85,7 @@ def import_labels(
     name: Annotated[str, typer.Option(help="Table name in the store")] = "labels",
     id_column: str = "patient_id",
     label_column: str = "label",
-    label_map: Annotated[str, typer.Option(help="pam50-binary | pam50 | none")] = "pam50-binary",
+    label_map: Annotated[str, typer.Option(help="pam50-binary (Luminal vs Basal_Her2) | none (labels as they are; two classes)")] = "pam50-binary",
     overwrite: bool = False,
 ) -> None:
     """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded)."""
@@ -295,7 +295,7 @@ _CV_OPTIONS: list[tuple[str, type, object]] = [
     ("features", Optional[str], typer.Option(None, help="Feature set (optional when the store has one)")),
     ("genes", Optional[str], typer.Option(None, help="Expression table (optional when the store has one)")),
     ("labels", Optional[str], typer.Option(None, help="Labels CSV (patient_id,label) or a labels table in the store")),
-    ("label_map", str, typer.Option("pam50-binary", help="pam50-binary | pam50 | none (for --labels CSV)")),
+    ("label_map", str, typer.Option("pam50-binary", help="pam50-binary | none (for --labels CSV)")),
     ("folds", int, typer.Option(5, help="K in K-fold")),
     ("repeats", int, typer.Option(1, help="Repeats with new shuffles")),
     ("seed", int, typer.Option(0, help="Seed for splits, initialisation and bootstrap")),
@@ -355,9 +355,9 @@ def _print_summary(metrics: dict) -> None:
                   f"{c['excluded_labels']}")
     console.print(f"genes: {metrics['genes']}; {metrics['params']:,} parameters per model; {metrics['seconds']} s")
     for modality, chk in metrics.get("modality_check", {}).items():
-        verdict = "[green]uses it[/]" if chk["uses_modality"] else "[red]IGNORES it[/]"
-        console.print(f"modality check, {modality} permuted: ROC-AUC {chk['roc_auc']}, mean |Δp| "
-                      f"{chk['mean_abs_change']} -> {verdict}")
+        colour = "green" if chk["informative"] else "red"
+        console.print(f"modality check, {modality} shuffled within test folds: ROC-AUC drop {chk['roc_auc_drop']:.3f} "
+                      f"[{chk['ci95'][0]:.3f}, {chk['ci95'][1]:.3f}] -> [{colour}]{chk['verdict']}[/]")
 
 
 @fusion_app.command("cv")
@@ -403,9 +403,9 @@ def fusion_bench(
     console.print(t)
     console.print(f"genes: {first['genes']}")
     for h, run in runs.items():
-        for modality, chk in run.metrics.get("modality_check", {}).items():
-            if not chk["uses_modality"]:
-                console.print(f"[red]{h} ignores the {modality} input[/]")
+        for chk in run.metrics.get("modality_check", {}).values():
+            if not chk["informative"]:
+                console.print(f"[red]{h}: {chk['verdict']}[/]")
     if out:
         console.print(f"wrote {out}/leaderboard.csv, leaderboard.md and one folder per head")
 

@@ -30,7 +30,6 @@ PAM50_CALLS = ("LumA", "LumB", "Basal", "Her2", "Normal")
 LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "pam50-binary": {"LumA": "Luminal", "LumB": "Luminal", "Basal": "Basal_Her2", "Her2": "Basal_Her2",
                      "Normal": None},
-    "pam50": {c: c for c in PAM50_CALLS},
 }
 POSITIVE_CLASS = {"pam50-binary": "Basal_Her2"}
 
@@ -200,32 +199,56 @@ def _reject_duplicates(path: Path, raw: list[str], ids: list[str], what: str, ax
         seen[g] = k
 
 
+def _is_tumour(sample_type: str) -> bool:
+    """TCGA sample types 01-09 are tumours, 10-19 normal tissue, 20-29 controls; an id without a barcode
+    says nothing and is kept."""
+    return not sample_type or (sample_type.isdigit() and 1 <= int(sample_type) <= 9)
+
+
 def _one_sample_per_patient(samples: list[str], patients: list[str], types: list[str], notes: list[str]) -> list[int]:
-    """Keep one sample per patient: the primary tumour (01) when there is one, else the lowest type."""
+    """Keep one tumour sample per patient: the primary tumour (01) when there is one, else the lowest tumour
+    type. A patient with only normal-tissue or control samples is dropped: its expression is not the
+    tumour's, and it would carry the tumour's label."""
     by_patient: dict[str, list[int]] = defaultdict(list)
     for k, p in enumerate(patients):
         by_patient[p].append(k)
-    keep, dropped = [], []
-    for ks in by_patient.values():
-        best = min(ks, key=lambda k: (types[k] != "01", types[k] or "99", samples[k]))
+    keep, dropped, normal_only = [], [], []
+    for patient, ks in by_patient.items():
+        tumours = [k for k in ks if _is_tumour(types[k])]
+        if not tumours:
+            normal_only.append(patient)
+            continue
+        best = min(tumours, key=lambda k: (types[k] != "01", types[k] or "99", samples[k]))
         keep.append(best)
         dropped += [k for k in ks if k != best]
     if dropped:
         kinds = Counter(SAMPLE_TYPES.get(types[k], types[k] or "unknown") for k in dropped)
-        notes.append(
-            f"{len(dropped)} patients had several samples; kept the primary tumour (or lowest sample type), "
-            f"dropped {dict(kinds)}"
-        )
+        notes.append(f"{len(dropped)} further samples of patients with a tumour sample dropped (one tumour sample "
+                     f"per patient, the primary when there is one): {dict(kinds)}")
+    if normal_only:
+        notes.append(f"{len(normal_only)} patients dropped: they have only normal-tissue or control samples, never "
+                     f"taken for a tumour ({', '.join(sorted(normal_only)[:5])}{', ...' if len(normal_only) > 5 else ''}; "
+                     "--all-samples keeps every sample)")
     return sorted(keep)
 
 
+# PAM50 calls as the sources spell them (TCGA/PanCanAtlas, cBioPortal BRCA_LumA, genefu "Luminal A",
+# "Basal-like", "HER2-enriched", "Normal-like"), keyed by their letters and digits in lower case.
+_PAM50_SPELLINGS = {
+    "luma": "LumA", "luminala": "LumA", "lumb": "LumB", "luminalb": "LumB",
+    "basal": "Basal", "basallike": "Basal", "her2": "Her2", "her2enriched": "Her2", "her2e": "Her2",
+    "normal": "Normal", "normallike": "Normal",
+}
+
+
 def normalise_pam50(call: str) -> str:
-    """``BRCA.LumA`` / ``lumA`` / ``LumA`` -> ``LumA``; anything else is returned stripped."""
+    """``BRCA.LumA`` / ``BRCA_LumA`` / ``Luminal A`` / ``HER2-enriched`` -> ``LumA`` / ``Her2``; anything
+    else is returned stripped."""
     c = call.strip()
-    if "." in c:
-        c = c.rsplit(".", 1)[1]
-    lookup = {p.lower(): p for p in PAM50_CALLS}
-    return lookup.get(c.lower(), c)
+    key = re.sub(r"[^a-z0-9]", "", c.lower())
+    if key.startswith("brca") and key[4:] in _PAM50_SPELLINGS:
+        key = key[4:]
+    return _PAM50_SPELLINGS.get(key, c)
 
 
 def read_labels(
@@ -246,18 +269,27 @@ def read_labels(
         if c not in cols:
             raise InputError(f"{path}: no column {c!r}; columns are {cols}")
     mapping = None
+    if label_map == "pam50":
+        raise InputError("--label-map pam50 keeps five classes, and fusion trains binary heads: use pam50-binary "
+                         "(Luminal vs Basal_Her2, Normal excluded) or a two-class column with --label-map none")
     if label_map is not None:
         if label_map not in LABEL_MAPS:
-            raise InputError(f"unknown label map {label_map!r}; known: {sorted(LABEL_MAPS)}")
+            raise InputError(f"unknown --label-map {label_map!r}; known: {sorted(LABEL_MAPS)} or none")
         mapping = LABEL_MAPS[label_map]
     ci, cl = cols.index(id_column), cols.index(label_column)
     chosen: dict[str, tuple[bool, int, str]] = {}
     excluded: Counter = Counter()
+    unknown: Counter = Counter()
+    empty_ids: list[int] = []
     for i, row in enumerate(body, start=2):
         raw_id, raw = row[ci].strip(), row[cl].strip()
         if not raw_id:
-            raise InputError(f"{path}: empty id at row {i}, column {id_column!r}")
+            empty_ids.append(i)
+            continue
         bc = parse_barcode(raw_id)
+        if bc is not None and not _is_tumour(bc.sample_type or ""):
+            excluded["normal_or_control_sample"] += 1  # a call made on normal tissue is not the tumour's
+            continue
         patient = bc.patient if bc else raw_id
         primary = bc is None or bc.sample_type in (None, "01")
         if raw == "" or raw.upper() == "NA":
@@ -265,10 +297,8 @@ def read_labels(
             continue
         call = normalise_pam50(raw) if label_map and label_map.startswith("pam50") else raw
         if mapping is not None and call not in mapping:
-            raise InputError(
-                f"{path}: label {raw!r} at row {i}, column {label_column!r} is not one the label map "
-                f"{label_map!r} knows ({sorted(mapping)})"
-            )
+            unknown[raw] += 1
+            continue
         prev = chosen.get(patient)
         if prev is not None:
             if prev[0] and primary and prev[2] != call:
@@ -279,6 +309,10 @@ def read_labels(
             if prev[0] or not primary:
                 continue
         chosen[patient] = (primary, i, call)
+    if unknown:
+        raise InputError(f"{path}: column {label_column!r} has values the label map {label_map!r} does not know, "
+                         f"with their counts: {dict(unknown.most_common())}; known: {sorted(mapping)} "
+                         "(or import with --label-map none)")
     patients, labels, raws = [], [], []
     for patient, (_, _, call) in sorted(chosen.items()):
         mapped = mapping.get(call) if mapping is not None else call
@@ -289,6 +323,9 @@ def read_labels(
         labels.append(mapped)
         raws.append(call)
     notes = [f"{len(patients)} patients labelled: {dict(Counter(labels))}"]
+    if empty_ids:
+        notes.append(f"WARNING: {len(empty_ids)} rows with an empty {id_column!r} skipped (rows "
+                     f"{', '.join(map(str, empty_ids[:10]))}{', ...' if len(empty_ids) > 10 else ''})")
     if excluded:
         notes.append(f"excluded: {dict(excluded)}")
     if not patients:

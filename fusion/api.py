@@ -11,7 +11,7 @@ import numpy as np
 import featstore
 from fusion.cohort import Cohort, load_cohort
 from fusion.heads import GENES, IMAGE, get_head, list_heads
-from fusion.metrics import METRICS, paired_difference, summarise
+from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
@@ -101,21 +101,18 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
         "simulated": simulated,
     }
     if result.permuted:
-        metrics["modality_check"] = modality_check(cohort.y, result, assign, opts)
+        metrics["modality_check"] = modality_check(cohort.y, result, opts)
     if out is not None:
         write_cv(Path(out), result, metrics)
     return CVRun(result, metrics, cohort)
 
 
-def modality_check(y: np.ndarray, result: CVResult, assign: np.ndarray, opts: CVOptions) -> dict:
-    """Metrics with one modality permuted across test patients; a head whose output does not move ignores it."""
-    out = {}
-    for modality, pred in result.permuted.items():
-        _, summary = summarise(y, pred, assign, resamples=200, seed=opts.seed)
-        change = np.abs(pred - result.oof)
-        out[modality] = {"roc_auc": summary["roc_auc"]["mean"], "pr_auc": summary["pr_auc"]["mean"],
-                         "mean_abs_change": round(float(np.nanmean(change)), 6),
-                         "max_abs_change": float(np.nanmax(change)), "uses_modality": bool(np.nanmax(change) > 1e-6)}
+def modality_check(y: np.ndarray, result: CVResult, opts: CVOptions) -> dict:
+    """Permutation importance of each input of a multimodal head, with a verdict in words."""
+    out = {m: permutation_importance(y, result.oof, pred, resamples=opts.bootstrap, seed=opts.seed)
+           for m, pred in result.permuted.items()}
+    for modality, chk in out.items():
+        chk["verdict"] = (f"{modality} informative" if chk["informative"] else f"{modality} adds nothing measurable")
     return out
 
 
@@ -164,6 +161,9 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
         else:
             row["vs_best_unimodal"] = "best unimodal" if h == best_uni else ""
             row["within_noise"] = None
+        row["modality_check"] = "; ".join(
+            f"{m} {c['roc_auc_drop']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+            + ("" if c["informative"] else f" ({c['verdict']})") for m, c in run.metrics.get("modality_check", {}).items())
         rows.append(row)
     rows.sort(key=lambda r: -(r["roc_auc_mean"] or 0))
     if out is not None:

@@ -122,44 +122,111 @@ class ImageABMIL(nn.Module):
         return self.out(self.enc(tokens, mask, weights)).squeeze(-1)
 
 
-@register_head("concat", {GENES, IMAGE}, "torch",
-               "Gene embedding and attention-pooled image embedding concatenated, then an MLP "
-               "(both branches wired in, unlike the original study's code).")
-class Concat(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
+# ---- fusion heads: two unimodal paths that stand alone, plus a fusion term that starts switched off ----
+
+
+class _GenePath(nn.Module):
+    """A linear gene logit (logistic regression inside the network) and a gene embedding for the fusion term.
+
+    The linear logit is what lets a fusion head fall back on the genes: on a few informative genes
+    among thousands, a linear model is the bar (logreg), and an MLP alone falls below it."""
+
+    def __init__(self, models: int, gene_dim: int, dim: int, dropout: float, snn: bool):
         super().__init__()
-        self.genes = FoldMLP(models, [gene_dim, 64, 32], dropout, snn)
+        self.logit = FoldLinear(models, gene_dim, 1)
+        self.embed = FoldMLP(models, [gene_dim, 64, dim], dropout, snn)
+
+    def forward(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logit(genes).squeeze(-1), self.embed(genes)
+
+
+class _FusionHead(nn.Module):
+    """``logit = gene_logit + image_logit + gate * fused_logit``, starting from two unimodal linear models.
+
+    The gene logit is linear in the genes and the image logit linear in the bag mean plus an attention
+    branch that starts at 0; ``warm_start`` fits both linear logits as logistic regressions on each
+    model's inner-training rows, and the gate of the fusion term starts at 0. So every head starts as the
+    late fusion of two fitted unimodal models, and early stopping (which scores the warm start too) keeps
+    that unless training improves the inner-validation loss. In training, modality dropout removes one
+    modality from a share of the patients (its logit and the fusion term), so each path learns to predict
+    alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; ``fuse``
+    returning None makes a pure late-fusion head.
+    """
+
+    modality_dropout = 0.2
+
+    def __init__(self, models: int, gene_dim: int, token_dim: int, hidden: int = 128, dropout: float = 0.25,
+                 snn: bool = False, dim: int = 32):
+        super().__init__()
+        self.genes = _GenePath(models, gene_dim, dim, dropout, snn)
         self.image = _ImageEncoder(models, token_dim, hidden)
-        self.mlp = FoldMLP(models, [32 + hidden, 64], dropout)
-        self.out = FoldLinear(models, 64, 1)
+        self.image_linear = FoldLinear(models, token_dim, 1)
+        self.image_logit = FoldLinear(models, hidden, 1)
+        with torch.no_grad():
+            self.image_logit.weight.zero_()
+            self.image_logit.bias.zero_()
+        self.gate = nn.Parameter(torch.zeros(models, 1))
+
+    def warm_start(self, genes: list[np.ndarray], bag_means: list[np.ndarray], y: np.ndarray,
+                   train: list[np.ndarray], seed: int) -> None:
+        """Set the two linear logits of each model to logistic regressions fitted on its inner-training rows
+        (zero where a modality predicts nothing there)."""
+        with torch.no_grad():
+            for i, tr in enumerate(train):
+                for layer, x in ((self.genes.logit, genes[i]), (self.image_linear, bag_means[i])):
+                    model = fit_logistic(x, y, tr, seed)
+                    layer.weight[i] = 0.0
+                    layer.bias[i] = 0.0
+                    if model is not None:
+                        layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
+                        # Half the intercept each, so the two logits together carry one intercept.
+                        layer.bias[i, 0, 0] = float(model.intercept_[0]) / 2
+
+    def fuse(self, g: torch.Tensor, i: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+             weights: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
 
     def forward(self, genes, tokens, mask, weights):
-        z = torch.cat([self.genes(genes), self.image(tokens, mask, weights)], dim=-1)
-        return self.out(self.mlp(z)).squeeze(-1)
+        lg, g = self.genes(genes)
+        i = self.image(tokens, mask, weights)
+        li = (self.image_linear(weighted_mean(tokens, weights)) + self.image_logit(i)).squeeze(-1)
+        lf = self.fuse(g, i, tokens, mask, weights)
+        lf = torch.zeros_like(lg) if lf is None else self.gate * lf
+        if self.training and self.modality_dropout > 0:
+            u = torch.rand(lg.shape, device=lg.device)
+            keep_g = (u >= self.modality_dropout).float()
+            keep_i = ((u < self.modality_dropout) | (u >= 2 * self.modality_dropout)).float()
+            return keep_g * lg + keep_i * li + keep_g * keep_i * lf
+        return lg + li + lf
 
 
 @register_head("late", {GENES, IMAGE}, "torch",
-               "Late fusion: a gene MLP and an attention-MIL image model, logits mixed with a learned weight.")
-class Late(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
-        super().__init__()
-        self.gene = GeneMLP(models, gene_dim, token_dim, 64, dropout, snn)
-        self.image = ImageABMIL(models, gene_dim, token_dim, hidden, dropout)
-        self.alpha = nn.Parameter(torch.zeros(models, 1))
+               "Late fusion: a linear gene logit plus an attention-MIL image logit, trained together with "
+               "modality dropout so each stands alone.")
+class Late(_FusionHead):
+    def fuse(self, g, i, tokens, mask, weights):
+        return None
 
-    def forward(self, genes, tokens, mask, weights):
-        a = torch.sigmoid(self.alpha)
-        return a * self.gene(genes, tokens, mask, weights) + (1 - a) * self.image(genes, tokens, mask, weights)
+
+@register_head("concat", {GENES, IMAGE}, "torch",
+               "Gene and image embeddings concatenated into an MLP, added through a zero-initialised gate to "
+               "the two unimodal logits (both branches wired in, unlike the original study's code).")
+class Concat(_FusionHead):
+    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=32):
+        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
+        self.mlp = FoldMLP(models, [dim + hidden, 64], dropout)
+        self.out = FoldLinear(models, 64, 1)
+
+    def fuse(self, g, i, tokens, mask, weights):
+        return self.out(self.mlp(torch.cat([g, i], dim=-1))).squeeze(-1)
 
 
 @register_head("bilinear", {GENES, IMAGE}, "torch",
                "Gated Kronecker fusion (PathomicFusion, Chen et al. 2020; PORPOISE): each modality gated by the "
-               "other, a 1 appended, outer product, then an MLP.")
-class Bilinear(nn.Module):
+               "other, a 1 appended, outer product, then an MLP; added to the two unimodal logits.")
+class Bilinear(_FusionHead):
     def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=16):
-        super().__init__()
-        self.genes = FoldMLP(models, [gene_dim, 64, dim], dropout, snn)
-        self.image_enc = _ImageEncoder(models, token_dim, hidden)
+        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
         self.image_proj = FoldLinear(models, hidden, dim)
         self.gate_g = FoldLinear(models, 2 * dim, dim)
         self.gate_i = FoldLinear(models, 2 * dim, dim)
@@ -168,57 +235,105 @@ class Bilinear(nn.Module):
         self.mlp = FoldMLP(models, [(dim + 1) ** 2, 64], dropout)
         self.out = FoldLinear(models, 64, 1)
 
-    def forward(self, genes, tokens, mask, weights):
-        g = self.genes(genes)
-        i = torch.relu(self.image_proj(self.image_enc(tokens, mask, weights)))
+    def fuse(self, g, i, tokens, mask, weights):
+        i = torch.relu(self.image_proj(i))
         both = torch.cat([g, i], dim=-1)
         g = torch.sigmoid(self.gate_g(both)) * torch.relu(self.h_g(g))
         i = torch.sigmoid(self.gate_i(both)) * torch.relu(self.h_i(i))
         one = torch.ones_like(g[..., :1])
         g, i = torch.cat([g, one], -1), torch.cat([i, one], -1)
-        fused = (g.unsqueeze(-1) * i.unsqueeze(-2)).flatten(-2)
-        return self.out(self.mlp(fused)).squeeze(-1)
+        return self.out(self.mlp((g.unsqueeze(-1) * i.unsqueeze(-2)).flatten(-2))).squeeze(-1)
 
 
 @register_head("cross_attn", {GENES, IMAGE}, "torch",
-               "The study's head, built so it uses both inputs: gene tokens (queries) attend over patch tokens "
-               "(keys and values) as in MCAT's genomic-guided co-attention, multi-head, residual + layer norm, "
-               "then gated attention pooling over the gene tokens.")
-class CrossAttention(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=64, gene_tokens=8,
+               "The study's head, built so it uses both inputs: co-attention both ways (gene tokens query the "
+               "patch tokens and the bag mean, as MCAT; patch tokens query the gene tokens), each pooled by "
+               "gated attention, into an MLP; added to the two unimodal logits, so the gene path stays intact.")
+class CrossAttention(_FusionHead):
+    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=32, gene_tokens=8,
                  heads=4):
-        super().__init__()
+        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
         self.t, self.dim = gene_tokens, dim
-        self.genes = FoldMLP(models, [gene_dim, 64, gene_tokens * dim], dropout, snn)
+        self.gene_tokens = FoldLinear(models, dim, gene_tokens * dim)
         self.patches = nn.Sequential(FoldLinear(models, token_dim, dim), nn.ReLU(), nn.Dropout(dropout))
-        self.attn = FoldMultiheadCrossAttention(models, dim, heads)
-        self.norm = FoldLayerNorm(models, dim)
-        self.pool = GatedAttentionPool(models, dim, dim // 2)
-        self.out = FoldLinear(models, dim, 1)
+        self.g2p = FoldMultiheadCrossAttention(models, dim, heads)
+        self.p2g = FoldMultiheadCrossAttention(models, dim, heads)
+        self.norm_g, self.norm_p = FoldLayerNorm(models, dim), FoldLayerNorm(models, dim)
+        self.pool_g, self.pool_p = GatedAttentionPool(models, dim, dim // 2), GatedAttentionPool(models, dim, dim // 2)
+        self.mlp = FoldMLP(models, [2 * dim, 64], dropout)
+        self.out = FoldLinear(models, 64, 1)
 
-    def forward(self, genes, tokens, mask, weights):
-        m, b = genes.shape[:2]
-        q = self.genes(genes).view(m, b, self.t, self.dim)
-        kv = self.patches(tokens)
-        z = self.norm(q + self.attn(q, kv, mask, log_prior(weights)))
-        pooled, _ = self.pool(z, torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device))
-        return self.out(pooled).squeeze(-1)
+    def fuse(self, g, i, tokens, mask, weights):
+        m, b = g.shape[:2]
+        q = self.gene_tokens(g).view(m, b, self.t, self.dim)
+        # The bag mean joins the patch tokens as one more key, with the weight of the whole bag, so what is
+        # spread over the bag is as easy to attend to as a single telling patch.
+        kv = self.patches(torch.cat([tokens, weighted_mean(tokens, weights).unsqueeze(-2)], dim=-2))
+        kmask = torch.cat([mask, mask.any(-1, keepdim=True)], dim=-1)
+        prior = log_prior(torch.cat([weights, weights.sum(-1, keepdim=True)], dim=-1))
+        zg = self.norm_g(q + self.g2p(q, kv, kmask, prior))
+        zp = self.norm_p(kv + self.p2g(kv, q, torch.ones(q.shape[:-1], dtype=torch.bool, device=q.device)))
+        pg, _ = self.pool_g(zg, torch.ones(zg.shape[:-1], dtype=torch.bool, device=zg.device))
+        pp, _ = self.pool_p(zp, kmask, prior)
+        return self.out(self.mlp(torch.cat([pg, pp], dim=-1))).squeeze(-1)
 
 
-# ---- sklearn / XGBoost baselines: fit on one fold's training part, predict probabilities for all -----
+# ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
+# A builder ``(seed, threads)`` returns ``fit(inputs, y, train, val) -> (predict, parameter count)``, where
+# ``predict(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
+# (genes: the fold-locally scaled genes; image: the bag mean of the fold-locally projected tokens); only
+# the ``train``/``val`` rows are fitted on.
+
+# L1 (sparse: a few informative genes among thousands) or L2 (dense signal), and its strength.
+PENALTIES = (("l1", 0.01), ("l1", 0.03), ("l1", 0.1), ("l1", 0.3), ("l1", 1.0),
+             ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0))
+
+
+def _logistic(penalty: tuple[str, float], seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    kind, c = penalty
+    return LogisticRegression(l1_ratio=1.0 if kind == "l1" else 0.0, C=c, solver="liblinear" if kind == "l1" else "lbfgs",
+                              max_iter=3000, class_weight="balanced", random_state=seed)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int = 3):
+    """A logistic regression on ``rows``, its penalty chosen by stratified CV log-loss on those rows only.
+
+    Returns None unless the chosen model beats the intercept alone (the balanced class prior) by more
+    than 1.64 standard errors of the per-patient paired log-loss difference (one-sided 95%): an input
+    that predicts nothing on held-out rows is left out rather than fitted to noise.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    yr = y[rows]
+    oof = np.zeros((len(PENALTIES), len(rows)))
+    for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, yr):
+        for k, pen in enumerate(PENALTIES):
+            oof[k, b] = _logistic(pen, seed).fit(x[rows[a]], yr[a]).predict_proba(x[rows[b]])[:, 1]
+    p = np.clip(oof, 1e-7, 1 - 1e-7)
+    # Per-patient log-loss with balanced class weights, the loss the models were fitted with.
+    weight = len(yr) / (2 * np.bincount(yr, minlength=2).clip(1))[yr]
+    loss = -weight * (yr * np.log(p) + (1 - yr) * np.log(1 - p))  # (penalties, rows)
+    best = int(np.argmin(loss.mean(1)))
+    gain = weight * np.log(2.0) - loss[best]  # against the balanced intercept-only model, p = 0.5
+    if gain.mean() <= 1.64 * gain.std(ddof=1) / np.sqrt(len(gain)):
+        return None
+    return _logistic(PENALTIES[best], seed).fit(x[rows], yr)
+
+
+def _logit(model, x: np.ndarray) -> np.ndarray:
+    return np.zeros(len(x)) if model is None else model.decision_function(x)
 
 
 @register_head("logreg", {GENES}, "sklearn",
-               "L2-regularised logistic regression on the fold-locally scaled genes (scikit-learn).")
+               "Logistic regression on the fold-locally scaled genes (scikit-learn), L1 or L2 and its strength "
+               "chosen on the inner validation split.")
 def _logreg(seed: int, threads: int):
-    from sklearn.linear_model import LogisticRegression
-
-    def fit_predict(x_tr, y_tr, x_val, y_val, x_all):
-        x = np.concatenate([x_tr, x_val])
-        y = np.concatenate([y_tr, y_val])
-        model = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced", random_state=seed)
-        return model.fit(x, y).predict_proba(x_all)[:, 1], int(np.prod(model.coef_.shape) + 1)
-    return fit_predict
+    def fit(inputs, y, tr, val):
+        model = fit_logistic(inputs[GENES], y, np.concatenate([tr, val]), seed)
+        return (lambda inp: 1 / (1 + np.exp(-_logit(model, inp[GENES])))), 1 + (0 if model is None else model.coef_.size)
+    return fit
 
 
 @register_head("xgboost", {GENES}, "sklearn",
@@ -226,14 +341,37 @@ def _logreg(seed: int, threads: int):
 def _xgboost(seed: int, threads: int):
     from xgboost import XGBClassifier
 
-    def fit_predict(x_tr, y_tr, x_val, y_val, x_all):
-        pos = max(y_tr.sum(), 1)
+    def fit(inputs, y, tr, val):
+        x = inputs[GENES]
+        pos = max(y[tr].sum(), 1)
         model = XGBClassifier(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
                               colsample_bytree=0.5, early_stopping_rounds=30, eval_metric="logloss",
-                              scale_pos_weight=(len(y_tr) - pos) / pos, random_state=seed, n_jobs=threads,
+                              scale_pos_weight=(len(tr) - pos) / pos, random_state=seed, n_jobs=threads,
                               tree_method="hist")
-        model.fit(x_tr, y_tr, eval_set=[(x_val, y_val)], verbose=False)
+        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False)
         # Parameters of a tree ensemble: its nodes (split or leaf), counted from the text dump.
         n_nodes = sum(tree.count("\n") for tree in model.get_booster().get_dump())
-        return model.predict_proba(x_all)[:, 1], n_nodes
-    return fit_predict
+        return (lambda inp: model.predict_proba(inp[GENES])[:, 1]), n_nodes
+    return fit
+
+
+@register_head("stack", {GENES, IMAGE}, "sklearn",
+               "Stacking, the simplest learned late fusion: a gene logistic regression and an image logistic "
+               "regression (on the bag mean), their inner-CV out-of-fold logits combined by a logistic "
+               "meta-learner; everything fitted on the fold's training part.")
+def _stack(seed: int, threads: int, inner_folds: int = 5):
+    from sklearn.model_selection import StratifiedKFold
+
+    def fit(inputs, y, tr, val):
+        rows = np.concatenate([tr, val])
+        oof = np.zeros((len(rows), 2))
+        for a, b in StratifiedKFold(inner_folds, shuffle=True, random_state=seed).split(rows, y[rows]):
+            for j, m in enumerate((GENES, IMAGE)):
+                oof[b, j] = _logit(fit_logistic(inputs[m], y, rows[a], seed), inputs[m][rows[b]])
+        meta = _logistic(("l2", 1.0), seed).fit(oof, y[rows])
+        bases = {m: fit_logistic(inputs[m], y, rows, seed) for m in (GENES, IMAGE)}
+
+        def predict(inp):
+            return meta.predict_proba(np.stack([_logit(bases[m], inp[m]) for m in (GENES, IMAGE)], axis=1))[:, 1]
+        return predict, 3 + sum(1 + b.coef_.size for b in bases.values() if b is not None)
+    return fit

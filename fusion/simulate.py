@@ -12,6 +12,8 @@ half in each, so only a model that uses both modalities can recover it all. (Wit
   ``image_pattern="minority"``: they move by ``3 * image_signal * max(z_i, 0) * u`` with a random sign
   per patch, so the bag mean carries no signal in expectation and only a model that looks at single
   patches (attention MIL) can find it.
+- ``null="image"`` gives each patient another patient's bag (a random permutation), ``null="genes"``
+  another patient's expression row: that modality then carries no signal about the label at all.
 Everything written is marked ``simulated`` (feature-set config, slide provenance, table provenance).
 """
 
@@ -33,7 +35,7 @@ SIMULATED = "SIMULATED: synthetic data with planted signal (fusion.simulate), no
 def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim: int = 64, genes: int = 100,
                     prevalence: float = 0.3, gene_signal: float = 1.0, image_signal: float = 1.0,
                     split: float = 0.5, informative_fraction: float = 0.2, n_informative_genes: int = 10,
-                    image_pattern: str = "shift",
+                    image_pattern: str = "shift", null: str | None = None,
                     seed: int = 0, patient_ids: list[str] | None = None, labels: dict[str, str] | None = None,
                     feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None) -> Store:
     """Write a simulated cohort into the store ``out`` (created or extended) and return it open.
@@ -45,6 +47,8 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         raise ValueError(f"image_pattern must be 'shift' or 'minority', got {image_pattern!r}")
     if not 0 <= split <= 1 or not 0 < prevalence < 1:
         raise ValueError(f"split must be in [0, 1] and prevalence in (0, 1), got {split} and {prevalence}")
+    if null not in (None, "image", "genes"):
+        raise ValueError(f"null must be None, 'image' or 'genes', got {null!r}")
     rng = np.random.default_rng(seed)
     if patient_ids is None:
         patient_ids = [f"SIM-{i:05d}" for i in range(patients)]
@@ -62,8 +66,13 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         z_i = (y - y.mean()) / max(y.std(), 1e-8) + 0.5 * rng.standard_normal(len(y))
         z_g = np.zeros(len(y))
     n = len(patient_ids)
+    shuffle = rng.permutation(n)
+    if null == "image":
+        z_i = z_i[shuffle]
+    elif null == "genes":
+        z_g = z_g[shuffle]
     store = open_store(out, "a")
-    provenance = {"simulated": True, "note": SIMULATED, "seed": seed, "split": split,
+    provenance = {"simulated": True, "note": SIMULATED, "seed": seed, "split": split, "null": null,
                   "gene_signal": gene_signal, "image_signal": image_signal,
                   "informative_fraction": informative_fraction, "image_pattern": image_pattern}
     config = {"source": "simulated", "note": SIMULATED, "dim": dim, "patches": patches, **provenance,

@@ -17,7 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from fusion.cohort import Cohort
-from fusion.heads import GENES, IMAGE, HeadSpec, get_head
+from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
 from fusion.preprocess import fit_gene_transform, fit_token_pca
 from fusion.views import View
 
@@ -64,7 +64,7 @@ class CVResult:
     n_params: int
     epochs: list[int]
     fitted: list[dict]
-    permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (R, P) predictions
+    permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (permutations, R, P) predictions
 
 
 def _model_rows(assign: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
@@ -97,12 +97,12 @@ def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarra
         if use_g:
             gt = fit_gene_transform(cohort.genes, fit_rows[gene_present[fit_rows]], cfg.top_genes, exclude_genes)
             genes_m.append(np.nan_to_num(gt.apply(cohort.genes)))
-            record["genes_fitted_on"] = gt.fitted_on
+            record["genes_fitted_on"], record["gene_transform"] = gt.fitted_on, gt
         if use_i:
             if cfg.token_dim is not None and cfg.token_dim < raw_tokens.shape[-1]:
                 pca = fit_token_pca(raw_tokens, mask, fit_rows[image_present[fit_rows]], cfg.token_dim, cfg.seed)
                 tokens_m.append(pca.apply(raw_tokens) * mask[..., None])
-                record["tokens_fitted_on"] = pca.fitted_on
+                record["tokens_fitted_on"], record["token_pca"] = pca.fitted_on, pca
             else:
                 tokens_m.append(raw_tokens)
         fitted.append(record)
@@ -159,11 +159,21 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     m = data.genes.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     model = spec.build(m, data.genes.shape[-1], data.tokens.shape[-1], snn=cfg.snn, **(head_kwargs or {}))
+    if hasattr(model, "warm_start"):
+        model.warm_start([g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)], y, data.train,
+                         cfg.seed)
     yt = torch.from_numpy(y).float()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pos_weight = torch.tensor([(len(r) - y[r].sum()) / max(y[r].sum(), 1) for r in data.train]).float()[:, None]
     val_idx, val_valid = _padded(data.val)
-    best = torch.full((m,), float("inf"))
+
+    def val_loss() -> torch.Tensor:
+        logits = _predict(model, data, val_idx)
+        vloss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[val_idx], reduction="none")
+        return (vloss * val_valid).sum(1) / val_valid.sum(1)
+
+    # The starting point is scored too: a warm-started model keeps it unless training does better.
+    best = val_loss()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stale = torch.zeros(m, dtype=torch.long)
     epochs_run = np.zeros(m, int)
@@ -186,9 +196,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             (loss * active).mean(dim=1).sum().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        logits = _predict(model, data, val_idx)
-        vloss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[val_idx], reduction="none")
-        vloss = (vloss * val_valid).sum(1) / val_valid.sum(1)
+        vloss = val_loss()
         improved = (vloss < best - 1e-4) & (stale < cfg.patience)
         epochs_run += (stale < cfg.patience).numpy()
         if improved.any():
@@ -206,8 +214,11 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
 
 def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | None = None,
                    cfg: TrainConfig = TrainConfig(), exclude_genes: np.ndarray | None = None,
-                   modality_check: bool = True, head_kwargs: dict | None = None) -> CVResult:
-    """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``."""
+                   permutations: int = 5, head_kwargs: dict | None = None) -> CVResult:
+    """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``.
+
+    A multimodal head is also re-predicted ``permutations`` times with one modality shuffled among the
+    patients of each test fold (permutation importance); ``permutations=0`` skips that."""
     spec = get_head(head)
     if IMAGE in spec.modalities and view is None:
         raise ValueError(f"head {head!r} uses image bags; pass a view")
@@ -220,33 +231,53 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
     try:
         data = prepare(cohort, view, spec, assign, cfg, exclude_genes)
         y = cohort.y
-        oof = np.full(assign.shape, np.nan)
-        permuted: dict[str, np.ndarray] = {}
-        m = len(data.test)
         if spec.kind == "sklearn":
-            fit_predict = spec.build(cfg.seed, cfg.threads or 1)
-            n_params, epochs = 0, [0] * m
-            for i, rec in enumerate(data.fitted):
-                x = data.genes[i].numpy()
-                p, n_params = fit_predict(x[data.train[i]], y[data.train[i]], x[data.val[i]], y[data.val[i]], x)
-                oof[rec["repeat"], data.test[i]] = p[data.test[i]]
+            predict, n_params, epochs = _fit_sklearn(spec, data, y, cfg)
         else:
             model, epochs = train_torch(spec, data, y, cfg, head_kwargs)
-            n_params = sum(p.numel() for p in model.parameters()) // m
+            n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
             test_idx, test_valid = _padded(data.test)
-            probs = torch.sigmoid(_predict(model, data, test_idx)).numpy()
-            _scatter(oof, data, probs, test_valid.numpy())
-            if modality_check and spec.multimodal:
-                # Permute one modality across the patients of each test fold, keep the other.
-                perm = permute_within_test_folds(data.test, len(y), cfg.seed + 7)
-                for modality in (GENES, IMAGE):
-                    pp = torch.sigmoid(_predict(model, data, test_idx, perm={modality: perm})).numpy()
-                    permuted[modality] = np.full(assign.shape, np.nan)
-                    _scatter(permuted[modality], data, pp, test_valid.numpy())
+
+            def predict(perm=None):
+                probs = torch.sigmoid(_predict(model, data, test_idx, perm=perm)).numpy()
+                return _scatter(assign.shape, data, probs, test_valid.numpy())
+        oof = predict()
+        permuted: dict[str, np.ndarray] = {}
+        if permutations and spec.multimodal:
+            for modality in (GENES, IMAGE):
+                permuted[modality] = np.stack([
+                    predict({modality: permute_within_test_folds(data.test, len(y), cfg.seed + 7 + k)})
+                    for k in range(permutations)])
     finally:
         torch.set_num_threads(prev_threads)
     return CVResult(head, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, int(n_params),
                     list(map(int, epochs)), data.fitted, permuted)
+
+
+def bag_means(data: FoldData, i: int) -> np.ndarray:
+    """(P, D) bag mean of model ``i``'s tokens; zeros for a patient without image."""
+    return weighted_mean(data.tokens[i], data.weights * data.image_present[:, None]).numpy()
+
+
+def _fit_sklearn(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig):
+    """Fit one sklearn/XGBoost model per fold; returns ``predict(perm=None)`` over the test folds."""
+    fit = spec.build(cfg.seed, cfg.threads or 1)
+    inputs, predictors, n_params = [], [], 0
+    for i in range(len(data.test)):
+        inp = {GENES: data.genes[i].numpy()}
+        if IMAGE in spec.modalities:
+            inp[IMAGE] = bag_means(data, i)
+        pred, n_params = fit(inp, y, data.train[i], data.val[i])
+        inputs.append(inp)
+        predictors.append(pred)
+
+    def predict(perm=None):
+        out = np.full((int(max(r["repeat"] for r in data.fitted)) + 1, len(y)), np.nan)
+        for i, rec in enumerate(data.fitted):
+            inp = inputs[i] if not perm else {m: (v[perm[m][i].numpy()] if m in perm else v) for m, v in inputs[i].items()}
+            out[rec["repeat"], data.test[i]] = predictors[i](inp)[data.test[i]]
+        return out
+    return predict, n_params, [0] * len(data.test)
 
 
 def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: int) -> torch.Tensor:
@@ -262,7 +293,9 @@ def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: 
     return perm
 
 
-def _scatter(out: np.ndarray, data: FoldData, probs: np.ndarray, valid: np.ndarray) -> None:
+def _scatter(shape: tuple[int, int], data: FoldData, probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(M, rows) test-fold predictions into an (R, P) out-of-fold array."""
+    out = np.full(shape, np.nan)
     for i, rec in enumerate(data.fitted):
-        rows = data.test[i]
-        out[rec["repeat"], rows] = probs[i, valid[i]]
+        out[rec["repeat"], data.test[i]] = probs[i, valid[i]]
+    return out

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 from typer.testing import CliRunner
 
 from cli import featstore_app, fusion_app
 
 from .conftest import CMU, MIXOMICS
 
-pytestmark = pytest.mark.shared
 runner = CliRunner(env={"COLUMNS": "250"})
 
 

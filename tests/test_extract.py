@@ -26,7 +26,6 @@ from featstore.tiling import Geometry
 
 from .conftest import CMU, TCGA_NO_MPP, TILES
 
-pytestmark = pytest.mark.shared
 CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
 
 

@@ -33,7 +33,6 @@ def _random_regions(reader, n, seed=0):
         yield int(rng.integers(0, w - 50)), int(rng.integers(0, h - 50)), int(rng.integers(1, 400)), int(rng.integers(1, 400))
 
 
-@pytest.mark.shared
 @pytest.mark.parametrize("path", [CMU, TCGA_NO_MPP], ids=["aperio-jpeg", "aperio-jpeg2000"])
 def test_direct_tiles_equal_openslide_at_level0(path):
     with OpenSlideReader(path, mpp=0.5) as fast, OpenSlideReader(path, mpp=0.5, direct=False) as ref:
@@ -43,7 +42,6 @@ def test_direct_tiles_equal_openslide_at_level0(path):
             np.testing.assert_array_equal(fast.read(x, y, 0, w, h), ref.read(x, y, 0, w, h), err_msg=f"{(x, y, w, h)}")
 
 
-@pytest.mark.shared
 @pytest.mark.parametrize("codec", [{"compression": "jpeg", "photometric": "ycbcr"},  # 2x2 chroma subsampling
                                    {"compression": "jpeg", "photometric": "ycbcr", "subsampling": (1, 1)},
                                    {"compression": "lzw", "photometric": "rgb"}], ids=["jpeg-ycbcr-420", "jpeg-ycbcr-444", "lzw"])
@@ -56,7 +54,6 @@ def test_direct_tiles_equal_openslide_on_generic_tiff_codecs(tmp_path, codec, cm
             np.testing.assert_array_equal(fast.read(x, y, 0, w, h), ref.read(x, y, 0, w, h), err_msg=f"{(x, y, w, h)}")
 
 
-@pytest.mark.shared
 def test_direct_tiles_equal_known_pixels_at_every_level(tmp_path, cmu_pixels):
     """A lossless (zlib) 3-level pyramid written from known arrays: each level reads back exactly,
     at the level pixel nearest to x / downsample."""
@@ -91,7 +88,6 @@ def test_sparse_tiles_are_background_as_in_openslide(tmp_path):
         assert (got[:128, 64:] == 255).all() and (got[:128, :64] == img[:, 64:]).all()
 
 
-@pytest.mark.shared
 def test_thumbnail_is_block_means_read_in_strips(tmp_path, cmu_pixels):
     """A slide with no pyramid: the thumbnail is block means of level 0, read a strip at a time (memory
     stays flat on a 100,000-pixel scan); the strip size changes nothing."""
@@ -111,7 +107,6 @@ def test_thumbnail_is_block_means_read_in_strips(tmp_path, cmu_pixels):
     np.testing.assert_array_equal(whole, np.round(blocks).astype(np.uint8))
 
 
-@pytest.mark.shared
 def test_resized_patch_is_pils_antialiased_bilinear():
     """A 40x-style read (449 px resized to 224) equals PIL's BILINEAR resize to within one grey level."""
     with OpenSlideReader(CMU) as r:
@@ -124,7 +119,6 @@ def test_resized_patch_is_pils_antialiased_bilinear():
     assert np.abs(got.astype(int) - want).max() <= 1
 
 
-@pytest.mark.shared
 def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
     bad = tmp_path / "corrupt.svs"
     shutil.copy(CMU, bad)
@@ -146,7 +140,6 @@ def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
     assert "tile 0 of page 0 cannot be decoded" in report.failed["corrupt"]
 
 
-@pytest.mark.shared
 def test_file_cut_short_during_a_run_names_the_tile(tmp_path):
     """A slide whose file is truncated after it was opened (a copy still in flight, a full disk)."""
     path = tmp_path / "cut.svs"
@@ -161,7 +154,6 @@ def test_file_cut_short_during_a_run_names_the_tile(tmp_path):
             level.read(tx * level.tile_w, ty * level.tile_h, 8, 8)
 
 
-@pytest.mark.shared
 def test_disagreement_or_foreign_vendor_falls_back_to_openslide():
     tiles, note = open_direct(CMU, "aperio", ((2220, 2967),), lambda t: "colours differ")
     assert tiles is None and note == "openslide (direct TIFF decoding disagreed: colours differ)"
@@ -171,7 +163,6 @@ def test_disagreement_or_foreign_vendor_falls_back_to_openslide():
         assert png.pixel_source.startswith("PIL (plain image")
 
 
-@pytest.mark.shared
 def test_extract_with_direct_tiles_equals_extract_through_openslide(tmp_path):
     store = tmp_path / "s.zarr"
     for reader in ("auto", "openslide"):

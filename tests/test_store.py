@@ -17,8 +17,6 @@ from featstore.tables import import_genes, import_labels
 
 from .conftest import MIXOMICS, PAM50_LABELS
 
-pytestmark = pytest.mark.shared
-
 
 def _snapshot(store) -> dict:
     out = {"sets": {}, "tables": {}}

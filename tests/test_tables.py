@@ -11,16 +11,18 @@ from featstore.tables import InputError, import_genes, import_labels, read_expre
 
 from .conftest import BIOLINKS, MIXOMICS, PAM50_LABELS, ROOT
 
-pytestmark = pytest.mark.shared
 
-
-def test_real_tcga_table_with_samples_as_columns_keeps_primary_tumours():
+def test_real_tcga_table_with_samples_as_columns_keeps_primary_tumours_and_never_a_normal():
     table, notes = read_expression(BIOLINKS, transform="log2p1")
-    # 10 aliquots: 4 primary tumours and 6 solid-normal samples, all from different patients but one.
-    assert table.values.shape[1] == 20530
-    assert all(s.startswith("TCGA-") for s in table.sample_ids)
+    # 10 aliquots from 10 patients: 5 primary tumours (01A) and 5 solid-tissue normals (11A). A patient with
+    # only a normal sample must not be imported: its row would carry the tumour's PAM50 label.
+    assert table.values.shape == (5, 20530)
+    assert table.sample_types == ["01"] * 5
+    assert "TCGA-BH-A1FC" not in table.patient_ids
+    assert any("5 patients dropped: they have only normal-tissue" in n and "TCGA-BH-A1FC" in n for n in notes)
     assert any("samples taken as columns (TCGA barcodes" in n for n in notes)
-    assert set(table.sample_types) <= {"01", "11"}
+    everything, _ = read_expression(BIOLINKS, primary_only=False)
+    assert len(everything.sample_ids) == 10 and everything.sample_types.count("11") == 5
     assert len(set(table.patient_ids)) == len(table.patient_ids)
     assert table.provenance["transform"] == "log2p1"
     assert table.values.min() >= 0
@@ -88,16 +90,39 @@ def test_label_tables(tmp_path):
     assert t.patient_ids == ["TCGA-AA-0001", "TCGA-AA-0002", "TCGA-AA-0004"]
     assert t.labels == ["Luminal", "Basal_Her2", "Basal_Her2"]
     assert t.raw_labels == ["LumA", "Basal", "Her2"]
-    assert t.provenance["excluded"] == {"missing": 1, "Normal": 1}
+    assert t.provenance["excluded"] == {"missing": 1, "Normal": 1, "normal_or_control_sample": 1}
     assert t.provenance["positive_class"] == "Basal_Her2"
 
 
+def test_labels_in_every_spelling_users_have_and_an_empty_id_is_a_skipped_row(tmp_path):
+    spellings = {"BRCA_LumA": "LumA", "Luminal A": "LumA", "LumA": "LumA", "Luminal B": "LumB", "BRCA.LumB": "LumB",
+                 "Basal-like": "Basal", "BRCA_Basal": "Basal", "HER2-enriched": "Her2", "Her2": "Her2",
+                 "HER2E": "Her2", "Normal-like": "Normal"}
+    path = tmp_path / "l.csv"
+    path.write_text("patient_id,label\n" + "".join(f"P{i},{raw}\n" for i, raw in enumerate(spellings))
+                    + ",LumA\n")
+    t, notes = read_labels(path)
+    expected = {f"P{i}": call for i, call in enumerate(spellings.values()) if call != "Normal"}
+    assert dict(zip(t.patient_ids, t.raw_labels)) == expected
+    assert t.provenance["excluded"] == {"Normal": 1}
+    assert any("WARNING: 1 rows with an empty 'patient_id' skipped (rows 13)" in n for n in notes)
+
+
+def test_unknown_labels_are_listed_with_counts_and_pam50_five_classes_is_refused(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("patient_id,label\nP1,LumA\nP2,Claudin-low\nP3,Claudin-low\nP4,??\nP5,Basal\n")
+    with pytest.raises(InputError, match=r"does not know, with their counts: \{'Claudin-low': 2, '\?\?': 1\}"):
+        read_labels(path)
+    with pytest.raises(InputError, match=r"--label-map pam50 keeps five classes"):
+        read_labels(path, label_map="pam50")
+
+
 @pytest.mark.parametrize("body, kwargs, message", [
-    ("patient_id,label\nP1,LumA\nP2,Luminal-ish\n", {}, r"label 'Luminal-ish' at row 3, column 'label'"),
+    ("patient_id,label\nP1,LumA\nP2,Luminal-ish\n", {}, r"column 'label' has values .* \{'Luminal-ish': 1\}"),
     ("patient,label\nP1,LumA\n", {}, r"no column 'patient_id'"),
     ("patient_id,label\nTCGA-AA-0001-01A,LumA\nTCGA-AA-0001-01B,Basal\n", {}, r"conflicting labels"),
     ("patient_id,label\nP1,Normal\n", {}, r"no usable labels"),
-    ("patient_id,label\nP1,LumA\n", {"label_map": "nope"}, r"unknown label map 'nope'"),
+    ("patient_id,label\nP1,LumA\n", {"label_map": "nope"}, r"unknown --label-map 'nope'"),
 ])
 def test_bad_label_tables(tmp_path, store_path, body, kwargs, message):
     bad = tmp_path / "bad.csv"
@@ -110,9 +135,9 @@ def test_bad_label_tables(tmp_path, store_path, body, kwargs, message):
 
 def test_patient_table_labels_agree_with_pancan():
     pancan, _ = read_labels(PAM50_LABELS / "pancan2018_brca_subtypes.csv", id_column="aliquot_barcode",
-                            label_column="Subtype_mRNA", label_map="pam50")
+                            label_column="Subtype_mRNA", label_map=None)
     patient, _ = read_labels(PAM50_LABELS / "brca_subtype_patient_table.csv", id_column="patient_barcode",
-                             label_column="BRCA_Subtype_PAM50", label_map="pam50")
+                             label_column="BRCA_Subtype_PAM50", label_map=None)
     a, b = dict(zip(pancan.patient_ids, pancan.labels)), dict(zip(patient.patient_ids, patient.labels))
     common = set(a) & set(b)
     assert len(common) > 1000

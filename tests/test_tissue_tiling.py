@@ -13,7 +13,6 @@ from featstore.tissue import otsu_threshold, tissue_mask
 from .conftest import TILES
 
 
-@pytest.mark.shared
 @pytest.mark.parametrize("name, lo, hi", [("no-tissue.png", 0.0, 0.0), ("almost-white-2.png", 0.0, 0.05),
                                           ("tcga-lung-rgb.png", 0.3, 1.0), ("high-nuclei-score-level0.png", 0.5, 1.0)])
 def test_tissue_mask_on_real_tiles(name, lo, hi):
