@@ -14,8 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import featstore
-from featstore.store import StoreError
-from featstore.tables import InputError
+from featstore.errors import FeatstoreError
 
 console = Console()
 err = Console(stderr=True)
@@ -29,21 +28,44 @@ StoreArg = Annotated[Path, typer.Option("--store", "-s", help="Store path: *.zar
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
+def _debug() -> bool:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+
+
 def _guard(fn):
-    """Turn the API's input and store errors into one red line and exit code 1 (no traceback)."""
+    """Turn a user's error (bad input, missing store or weights) into one red line and exit code 1; ``--debug``
+    (before the command) re-raises it with its traceback."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (InputError, StoreError, FileNotFoundError, KeyError, ValueError) as exc:
-            _fail(str(exc).strip("'\""))
+        except (FeatstoreError, FileNotFoundError, KeyError, ValueError) as exc:
+            if _debug():
+                raise
+            # KeyError's str() adds quotes of its own; every other message is printed as it is.
+            _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     return wrapper
+
+
+def _root_options(ctx: typer.Context,
+                  debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,
+                  ) -> None:
+    ctx.obj = {"debug": debug}
+
+
+featstore_app.callback()(_root_options)
+fusion_app.callback()(_root_options)
 
 
 def _notes(notes: list[str]) -> None:
@@ -63,15 +85,16 @@ def import_genes(
     name: Annotated[str, typer.Option(help="Table name in the store")] = "expression",
     samples_as: Annotated[str, typer.Option(help="auto | rows | columns")] = "auto",
     transform: Annotated[str, typer.Option(help="none | log2p1 (log2(x+1), e.g. for RSEM counts)")] = "none",
-    all_samples: Annotated[bool, typer.Option(help="Keep every sample, not one primary tumour per patient")] = False,
-    overwrite: bool = False,
+    all_samples: Annotated[bool, typer.Option(help="Keep every sample (normals too), not one tumour sample per patient")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a table of the same name")] = False,
 ) -> None:
     """Import a gene-expression table (samples as rows or columns; TCGA barcodes understood)."""
-    from featstore.tables import import_genes as api
+    from featstore.tables import read_expression
 
+    # Read and check the table first: a bad or missing file never creates the store.
+    t, notes = read_expression(table, samples_as=samples_as, transform=transform, primary_only=not all_samples)
     with featstore.open(store, "a") as s:
-        t, notes = api(s, table, name, overwrite=overwrite, samples_as=samples_as, transform=transform,
-                       primary_only=not all_samples)
+        s.write_expression(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.sample_ids)} samples x {len(t.gene_ids)} genes, "
                   f"{len(set(t.patient_ids))} patients")
     _notes(notes)
@@ -83,17 +106,19 @@ def import_labels(
     table: Annotated[Path, typer.Argument(help="CSV/TSV with a patient (or sample barcode) column and a label column")],
     store: StoreArg,
     name: Annotated[str, typer.Option(help="Table name in the store")] = "labels",
-    id_column: str = "patient_id",
-    label_column: str = "label",
-    label_map: Annotated[str, typer.Option(help="pam50-binary (Luminal vs Basal_Her2) | none (labels as they are; two classes)")] = "pam50-binary",
-    overwrite: bool = False,
+    id_column: Annotated[str, typer.Option(help="Column with patient ids or TCGA sample barcodes")] = "patient_id",
+    label_column: Annotated[str, typer.Option(help="Column with the labels (PAM50 calls in any spelling)")] = "label",
+    label_map: Annotated[str, typer.Option(help="pam50-binary (Luminal vs Basal_Her2) | none (labels as they are; "
+                                                "two classes)")] = "pam50-binary",
+    overwrite: Annotated[bool, typer.Option(help="Replace a table of the same name")] = False,
 ) -> None:
     """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded)."""
-    from featstore.tables import import_labels as api
+    from featstore.tables import read_labels
 
+    t, notes = read_labels(table, id_column=id_column, label_column=label_column,
+                           label_map=None if label_map == "none" else label_map)
     with featstore.open(store, "a") as s:
-        t, notes = api(s, table, name, overwrite=overwrite, id_column=id_column, label_column=label_column,
-                       label_map=None if label_map == "none" else label_map)
+        s.write_labels(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.patient_ids)} patients")
     _notes(notes)
 
@@ -109,8 +134,14 @@ def import_features(
     """Import per-slide feature files in the CLAM/TRIDENT layout (datasets 'features' and 'coords')."""
     from featstore.interop import import_features as api
 
-    with featstore.open(store, "a") as s:
-        ids = api(s, paths, name, encoder=encoder)
+    existed = store.exists()
+    try:
+        with featstore.open(store, "a") as s:
+            ids = api(s, paths, name, encoder=encoder)
+    except Exception:
+        if not existed:  # every file is checked before anything is written: the new store is still empty
+            featstore.store.remove_store(store)
+        raise
     console.print(f"[green]imported[/] {len(ids)} slides into feature set {name!r}")
 
 
@@ -204,6 +235,9 @@ def validate(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
 def extract(
     slides: Annotated[list[str], typer.Option("--slides", help="Files, folders, globs or a CSV manifest (repeatable)")],
     out: Annotated[Path, typer.Option("--out", help="Store (created if absent)")],
+    tiles_as_slide: Annotated[bool, typer.Option(help="Each --slides folder is ONE slide made of its image tiles "
+                                                      "(left to right in name order); without it a folder holds "
+                                                      "slides")] = False,
     encoder: Annotated[str, typer.Option(help="resnet50 (2048-d) | resnet50-trunc (1024-d)")] = "resnet50",
     weights: Annotated[str, typer.Option(help="imagenet | random | PATH to a state dict")] = "imagenet",
     seed: Annotated[int, typer.Option(help="Seed for --weights random")] = 0,
@@ -216,19 +250,19 @@ def extract(
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
     reader: Annotated[str, typer.Option(help="auto (SVS and tiled TIFF tiles decoded directly, checked against "
                                              "OpenSlide) | openslide (every pixel through OpenSlide)")] = "auto",
-    batch_size: int = 64,
+    batch_size: Annotated[int, typer.Option(help="Patches per forward pass")] = 64,
     num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1, at most 12)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
     dask_workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of N workers")] = None,
-    overwrite: bool = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo slides already in the feature set")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first failed slide")] = False,
-    quiet: bool = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or per-slide lines")] = False,
 ) -> None:
     """Extract frozen patch embeddings; resumable; exit code 2 when some slides failed."""
     from featstore import extract as ex
 
-    specs = ex.find_slides(slides)
+    specs = ex.find_slides(slides, tiles_as_slide=tiles_as_slide)
     if shard:
         try:
             i, n = (int(v) for v in shard.split("/"))
@@ -248,6 +282,8 @@ def extract(
     def on_event(e: dict) -> None:
         import time
 
+        if not progress.live.is_started:  # started by the first event, so an error before any work prints alone
+            progress.start()
         kind = e["event"]
         if counters["t0"] is None:
             counters["t0"] = time.perf_counter()
@@ -273,12 +309,16 @@ def extract(
                 else:
                     progress.console.print(f"[dim]- {e['slide_id']}: skipped ({e['reason']})[/]")
 
-    with progress, warnings.catch_warnings():
-        if quiet:
-            warnings.simplefilter("ignore")
-        report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
-                            num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
-                            on_event=on_event, scheduler=scheduler, dask_workers=dask_workers)
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
+                                num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
+                                on_event=on_event, scheduler=scheduler, dask_workers=dask_workers)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     console.print(f"feature set [bold]{report.feature_set}[/] in {out}: {len(report.done)} extracted, "
                   f"{len(report.skipped)} skipped, {len(report.failed)} failed, {report.patches} patches "
                   f"in {report.seconds:.1f} s")
@@ -315,6 +355,7 @@ def _with_cv_options(fn):
     """Give a command the shared training options; it receives them as one ``opts: CVOptions``."""
     import functools
     import inspect
+    import typing
 
     names = [n for n, _, _ in _CV_OPTIONS]
 
@@ -332,11 +373,14 @@ def _with_cv_options(fn):
                                            snn=o["snn"], seed=o["seed"]))
         return fn(*args, opts=opts, **kwargs)
 
-    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "opts"]
+    # The command's own annotations are strings here (postponed evaluation): resolve them, keeping Annotated's
+    # typer metadata, so their help survives the new signature.
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in inspect.signature(fn).parameters.values() if p.name != "opts"]
     shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt in _CV_OPTIONS]
     wrapper.__signature__ = inspect.Signature(own + shared)
-    wrapper.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "opts"},
-                               **{n: t for n, t, _ in _CV_OPTIONS}}
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in _CV_OPTIONS}}
     return wrapper
 
 
@@ -428,13 +472,20 @@ def fusion_heads() -> None:
 def fusion_simulate(
     out: Annotated[Path, typer.Option(help="Store to write (created or extended)")],
     labels_out: Annotated[Optional[Path], typer.Option(help="Also write the labels as CSV")] = None,
-    patients: int = 200, patches: int = 64, dim: int = 64, genes: int = 100,
-    gene_signal: float = 1.0, image_signal: float = 1.0,
-    split: Annotated[float, typer.Option(help="Share of the signal in the image (0 genes only, 1 image only)")] = 0.5,
+    patients: Annotated[int, typer.Option(help="Patients in the cohort")] = 200,
+    patches: Annotated[int, typer.Option(help="Patch embeddings per patient's bag")] = 64,
+    dim: Annotated[int, typer.Option(help="Dimension of each patch embedding")] = 64,
+    genes: Annotated[int, typer.Option(help="Genes in the expression table")] = 100,
+    gene_signal: Annotated[float, typer.Option(help="Shift of the informative genes per unit of the gene factor")] = 1.0,
+    image_signal: Annotated[float, typer.Option(help="Shift of the informative patches per unit of the image factor")] = 1.0,
+    image_share: Annotated[float, typer.Option(help="Share of the label's signal in the image (0: genes only, "
+                                                   "1: image only)")] = 0.5,
     informative_fraction: Annotated[float, typer.Option(help="Share of a bag's patches that carry the signal")] = 0.2,
     image_pattern: Annotated[str, typer.Option(help="shift (the bag mean moves) | minority (only single patches tell)")] = "shift",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation")] = 0,
     patients_from: Annotated[Optional[Path], typer.Option(help="Simulate image bags for this store's labelled patients")] = None,
+    null: Annotated[Optional[str], typer.Option(help="image | genes: permute that modality across patients (no signal)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a feature set or tables of the same name in --out")] = False,
 ) -> None:
     """Write a SIMULATED cohort with planted signal (documented in fusion/simulate.py)."""
     from fusion.simulate import simulate_cohort
@@ -445,8 +496,8 @@ def fusion_simulate(
             lab = src.read_labels()
             ids, labels = lab.patient_ids, dict(zip(lab.patient_ids, lab.labels))
     simulate_cohort(out, patients=patients, patches=patches, dim=dim, genes=genes, gene_signal=gene_signal,
-                    image_signal=image_signal, split=split, informative_fraction=informative_fraction,
-                    image_pattern=image_pattern, seed=seed,
+                    image_signal=image_signal, split=image_share, informative_fraction=informative_fraction,
+                    image_pattern=image_pattern, null=null, seed=seed, overwrite=overwrite,
                     patient_ids=ids, labels=labels, labels_out=labels_out).close()
     console.print(f"[yellow]SIMULATED[/] cohort written to {out}" + (f" (labels: {labels_out})" if labels_out else ""))
 

@@ -14,14 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featstore.errors import WeightsError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's IMAGENET1K_V1 ResNet-50 (what CLAM, TRIDENT's resnet50_trunc and the original study use).
 RESNET50_IMAGENET_FILE = "resnet50-0676ba61.pth"
-
-
-class WeightsError(Exception):
-    """Weights cannot be found or do not fit the encoder."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +111,16 @@ def resolve_weights(spec: EncoderSpec, weights: str, seed: int = 0) -> tuple[dic
         path = imagenet_weights_path(spec)
         if not path.exists():
             raise WeightsError(
-                f"ImageNet weights for {spec.name!r} are not in the torch hub cache ({path}) and nothing is "
-                f"downloaded at run time. Copy torchvision's {spec.imagenet_file} to that path (or set "
-                "TORCH_HOME), or pass --weights /path/to/state_dict.pth"
+                f"ImageNet weights for {spec.name!r} not found: {path} does not exist, and nothing is downloaded "
+                f"at run time. Put torchvision's {spec.imagenet_file} there (or point TORCH_HOME at a folder "
+                f"with hub/checkpoints/{spec.imagenet_file}), or pass --weights PATH to a state dict, or "
+                "--weights random for a dry run"
             )
     else:
         path = Path(weights)
         if not path.exists():
-            raise WeightsError(f"weights file {path} does not exist (use 'imagenet', 'random' or a path)")
+            raise WeightsError(f"--weights {weights}: no such file; give a state-dict path, 'imagenet' (read from "
+                               f"{imagenet_weights_path(spec)}) or 'random' for a dry run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

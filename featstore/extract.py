@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.barcodes import patient_of
 from featstore.encoders import Encoder, build_encoder
+from featstore.errors import DeviceError
 from featstore.provenance import config_hash, file_fingerprint, library_versions
 from featstore.slides import SLIDE_SUFFIXES, SlideError, open_slide
 from featstore.store import Store, StoreError, check_name, now_iso
@@ -115,10 +117,12 @@ def _slide_id(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def find_slides(inputs: list[str | os.PathLike]) -> list[SlideSpec]:
+def find_slides(inputs: list[str | os.PathLike], tiles_as_slide: bool = False) -> list[SlideSpec]:
     """Files, directories (searched recursively for slides and images), globs, or CSV manifests.
 
-    A manifest has ``slide_path`` and optional ``slide_id``, ``patient_id`` and ``mpp``; a
+    A folder of slides and a folder of one slide's tiles look alike, so it is said explicitly: a
+    directory is searched for slides unless ``tiles_as_slide``, when it is one virtual slide made of its
+    image tiles. A manifest has ``slide_path`` and optional ``slide_id``, ``patient_id`` and ``mpp``; a
     ``slide_path`` that is a directory is a folder of tiles read as one slide. Slides are sorted by id
     so the order (and any ``--shard``) is deterministic.
     """
@@ -127,6 +131,8 @@ def find_slides(inputs: list[str | os.PathLike]) -> list[SlideSpec]:
         p = Path(item)
         if p.suffix.lower() == ".csv" and p.is_file():
             specs += _read_manifest(p)
+        elif p.is_dir() and tiles_as_slide:
+            specs.append(_spec(p))
         elif p.is_dir():
             specs += [_spec(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES]
         elif p.exists():
@@ -168,8 +174,8 @@ def _read_manifest(path: Path) -> list[SlideSpec]:
                 mpp = float(row["mpp"])
             except ValueError:
                 raise ValueError(f"{path}: row {i}, column 'mpp': {row['mpp']!r} is not a number") from None
-            if mpp <= 0:
-                raise ValueError(f"{path}: row {i}, column 'mpp': must be > 0, got {mpp}")
+            if not math.isfinite(mpp) or mpp <= 0:
+                raise ValueError(f"{path}: row {i}, column 'mpp': must be a finite number > 0, got {row['mpp']!r}")
         out.append(_spec(sp, (row.get("slide_id") or "").strip() or None,
                          (row.get("patient_id") or "").strip() or None, mpp))
     return out
@@ -481,7 +487,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device on this machine; "
+                          "use --device cpu (or auto)")
     return torch.device(device)
 
 

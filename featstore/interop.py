@@ -73,6 +73,32 @@ def import_features(
     return [x[0] for x in loaded]
 
 
+# The attributes CLAM's create_patches_fp.py writes on ``coords`` (wsi_core/WholeSlideImage.py,
+# process_contour), which its feature extraction and heatmap code read back: ``patch_size`` is the side read
+# at ``patch_level`` (read_region(coord, patch_level, (patch_size, patch_size))), not a level-0 size.
+CLAM_COORDS_ATTRS = ("patch_size", "patch_level", "downsample", "downsampled_level_dim", "level_dim", "name",
+                     "save_path")
+
+
+def clam_coords_attrs(slide_id: str, prov: dict, save_path: Path) -> dict:
+    """CLAM's ``coords`` attributes for one slide, plus ours under names CLAM does not use."""
+    attrs: dict = {"name": slide_id, "save_path": str(save_path)}
+    if "level" in prov and "level_downsamples" in prov and "level_dimensions" in prov:
+        level = int(prov["level"])
+        d = float(prov["level_downsamples"][level])
+        dims = tuple(int(v) for v in prov["level_dimensions"][level])
+        attrs.update(patch_level=level, patch_size=int(prov["read_size"]), downsample=(d, d), level_dim=dims,
+                     downsampled_level_dim=dims)
+    else:  # imported CLAM/TRIDENT files: give back what they came with
+        attrs.update({k: v for k, v in prov.get("source_attrs", {}).items() if k in CLAM_COORDS_ATTRS})
+    # Ours, never under CLAM's names: the model's input side at target_mpp and the level-0 side of a patch.
+    for key, ours in (("patch_size", "featstore_patch_size"), ("patch_size_level0", "patch_size_level0"),
+                      ("target_mpp", "target_mpp"), ("read_size", "read_size")):
+        if key in prov:
+            attrs[ours] = prov[key]
+    return attrs
+
+
 def export_clam(store: Store, name: str | None, out_dir: str | Path) -> list[Path]:
     """Write a feature set as CLAM's layout: ``h5_files/<slide>.h5`` (features, coords) and ``pt_files/<slide>.pt``."""
     import torch
@@ -89,9 +115,8 @@ def export_clam(store: Store, name: str | None, out_dir: str | Path) -> list[Pat
         with h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=slide.features.astype(np.float32))
             ds = f.create_dataset("coords", data=slide.coords)
-            for key in ("patch_size_level0", "patch_size", "level", "target_mpp"):
-                if key in prov:
-                    ds.attrs[key] = prov[key]
+            for key, value in clam_coords_attrs(sid, prov, out / "h5_files").items():
+                ds.attrs[key] = value
             f.attrs["featstore_provenance"] = json.dumps(prov)
             f.attrs["patient_id"] = slide.attrs.get("patient_id", "")
         tmp.replace(target)

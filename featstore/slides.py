@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featstore.errors import SlideError
 from featstore.tifftiles import TiffTiles, TileReadError, open_direct
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SLIDE_SUFFIXES = WSI_SUFFIXES + IMAGE_SUFFIXES
-
-
-class SlideError(Exception):
-    """A slide cannot be opened or read; the message says which and why."""
 
 
 @dataclass(frozen=True)

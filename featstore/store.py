@@ -26,19 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import StoreError, StoreLockedError
+
 SCHEMA_VERSION = 1
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
 _STAGING = "_staging"
 _TARGET_CHUNK_BYTES = 4 << 20
-
-
-class StoreError(Exception):
-    """A store cannot be opened, or holds something other than what was asked for."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the write lock of an HDF5 store."""
 
 
 def now_iso() -> str:
@@ -786,15 +780,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a store (a Zarr directory or an HDF5 file)."""
+    p = Path(path)
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
 def open(path: str | os.PathLike, mode: str = "r") -> Store:  # noqa: A001 - mirrors zarr.open / h5py.File
     """Open a feature store: ``*.zarr`` (Zarr v3, the default) or ``*.h5``/``*.hdf5`` (HDF5).
 
     ``mode``: ``"r"`` read-only, ``"a"`` read/write (created if absent), ``"w"`` create, replacing any.
     """
     p = Path(path)
-    if mode == "w" and p.exists():
-        if p.suffix.lower() in ZARR_SUFFIXES:
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    if mode == "w":
+        remove_store(p)
     return Store(p, "a" if mode == "w" else mode)

@@ -18,12 +18,8 @@ from typing import Literal
 import numpy as np
 
 from featstore.barcodes import SAMPLE_TYPES, parse_barcode, patient_of, strip_ensembl_version
+from featstore.errors import InputError
 from featstore.store import ExpressionTable, LabelTable, Store, now_iso
-
-
-class InputError(ValueError):
-    """A user-supplied file is malformed; the message names the file, row and column."""
-
 
 # Label maps turn raw calls into the classes the trainer sees; None means "exclude".
 PAM50_CALLS = ("LumA", "LumB", "Basal", "Her2", "Normal")

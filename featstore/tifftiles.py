@@ -20,14 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.errors import TileReadError
+
 # Vendors whose OpenSlide levels are exactly the tiled pages of the TIFF; other TIFF-based formats
 # (Leica SCN, Ventana BIF, Philips) place or overlap tiles in ways only OpenSlide knows.
 DIRECT_VENDORS = ("aperio", "generic-tiff")
 _CONTIG = 1
-
-
-class TileReadError(Exception):
-    """A tile could not be read or decoded (truncated file, corrupt data)."""
 
 
 class TileCache:

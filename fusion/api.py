@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import featstore
+from featstore.errors import StoreError
 from fusion.cohort import Cohort, load_cohort
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
@@ -122,9 +124,18 @@ def _is_simulated(store, cohort: Cohort) -> bool:
     return bool(cohort.gene_table and store.read_expression(cohort.gene_table).provenance.get("simulated"))
 
 
+def _open_existing(store_path: str | Path):
+    """Open a store for training: it must exist (a mistyped path is an error, never a new empty store);
+    writable when it can be, so the compact views are cached."""
+    if not Path(store_path).exists():
+        raise StoreError(f"no store at {store_path}; fusion reads an existing store (featstore import-genes / "
+                         "extract / fusion simulate make one)")
+    return featstore.open(store_path, "a" if os.access(store_path, os.W_OK) else "r")
+
+
 def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None) -> CVRun:
     """Cross-validate one head on a store; writes outputs to ``out`` when given."""
-    with featstore.open(store_path, "a") as store:
+    with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
         simulated = _is_simulated(store, cohort)
     assign = _assignments(opts, cohort)
@@ -138,7 +149,7 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
     for h in names:
         get_head(h)
     t0 = time.perf_counter()
-    with featstore.open(store_path, "a") as store:
+    with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, names, opts)
         simulated = _is_simulated(store, cohort)
     assign = _assignments(opts, cohort)

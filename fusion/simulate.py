@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.errors import StoreError
 from featstore.provenance import config_hash
 from featstore.store import ExpressionTable, LabelTable, Store
 from featstore.store import open as open_store
@@ -37,11 +38,14 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                     split: float = 0.5, informative_fraction: float = 0.2, n_informative_genes: int = 10,
                     image_pattern: str = "shift", null: str | None = None,
                     seed: int = 0, patient_ids: list[str] | None = None, labels: dict[str, str] | None = None,
-                    feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None) -> Store:
+                    feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None,
+                    overwrite: bool = False) -> Store:
     """Write a simulated cohort into the store ``out`` (created or extended) and return it open.
 
     With ``patient_ids``/``labels`` (e.g. a real cohort's), image bags are simulated for those patients
     from their labels and nothing else is written: the demo's way to pair real genes with simulated slides.
+    Anything of the same name already in the store (the feature set, the ``expression`` and ``labels``
+    tables) is an error unless ``overwrite``: simulated data never silently replaces real data.
     """
     if image_pattern not in ("shift", "minority"):
         raise ValueError(f"image_pattern must be 'shift' or 'minority', got {image_pattern!r}")
@@ -72,6 +76,16 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
     elif null == "genes":
         z_g = z_g[shuffle]
     store = open_store(out, "a")
+    clashes = [f"feature set {feature_set!r}"] if feature_set in store.feature_sets() else []
+    if with_genes and labels is None:
+        clashes += [f"table {t!r}" for t in ("expression", "labels") if t in store.tables()]
+    if clashes:
+        if not overwrite:
+            store.close()
+            raise StoreError(f"{out} already holds {', '.join(clashes)}; fusion simulate writes SIMULATED data and "
+                             "replaces nothing unless --overwrite (or write to another store)")
+        if feature_set in store.feature_sets():
+            store.delete_feature_set(feature_set)
     provenance = {"simulated": True, "note": SIMULATED, "seed": seed, "split": split, "null": null,
                   "gene_signal": gene_signal, "image_signal": image_signal,
                   "informative_fraction": informative_fraction, "image_pattern": image_pattern}

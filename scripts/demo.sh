@@ -19,7 +19,7 @@ $BIN/featstore ls $OUT/slides.zarr
 $BIN/featstore validate $OUT/slides.zarr
 
 echo "== 3. SIMULATED image bags for the real BRCA patients (no real BRCA slides are small enough to ship)"
-$BIN/fusion simulate --out $STORE --patients-from $STORE --patches 64 --dim 64 --image-signal 0.6 --split 1.0
+$BIN/fusion simulate --out $STORE --patients-from $STORE --patches 64 --dim 64 --image-signal 0.6 --image-share 1.0
 $BIN/featstore ls $STORE
 
 echo "== 4. leaderboard: real genes + real labels, SIMULATED image bags"

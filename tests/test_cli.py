@@ -33,3 +33,16 @@ def test_featstore_commands(tmp_path):
     r = runner.invoke(fusion_app, ["cv", store, "--head", "logreg", "--out", str(tmp_path / "run"), "--epochs", "5"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "metrics.json").exists() and "Basal_Her2" in r.output
+
+
+def test_every_option_of_every_command_has_help():
+    import typer.main
+
+    missing = []
+    for app in (featstore_app, fusion_app):
+        group = typer.main.get_command(app)
+        for name, cmd in group.commands.items():
+            for p in cmd.params:
+                if not getattr(p, "help", None):
+                    missing.append(f"{group.name or ''} {name} {p.opts[0] if p.opts else p.name}")
+    assert not missing, missing

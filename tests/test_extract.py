@@ -78,7 +78,19 @@ def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
         assert prov["weights"] == "random:0" and prov["encoder"] == "resnet50-trunc"
         assert sl.features.shape[1] == 1024 and len(sl.features) > 10
         assert (sl.tissue_fraction >= CFG.min_tissue).all()
+        # Exported for CLAM with exactly the coords attributes CLAM writes and reads back.
+        from featstore.interop import CLAM_COORDS_ATTRS, export_clam
+
+        export_clam(s, None, tmp_path / "clam")
         assert s.validate() == []
+    import h5py
+
+    with h5py.File(tmp_path / "clam" / "h5_files" / "CMU-1-Small-Region.h5") as f:
+        attrs = dict(f["coords"].attrs)
+    assert set(CLAM_COORDS_ATTRS) <= set(attrs)
+    assert attrs["patch_level"] == prov["level"] and attrs["patch_size"] == prov["read_size"]
+    assert tuple(attrs["level_dim"]) == tuple(prov["level_dimensions"][prov["level"]])
+    assert attrs["name"] == "CMU-1-Small-Region" and attrs["featstore_patch_size"] == 64
     # Re-read three stored coordinates from the slide and embed them: the stored rows come back.
     enc = build_encoder("resnet50-trunc", "random", 0)
     embed = PatchEmbedder(enc, torch.device("cpu"), "fp32")
@@ -121,6 +133,14 @@ def test_tiles_as_images_and_as_a_tile_folder(tmp_path):
         tiles = attrs["provenance"]["tiles"]
         assert [t["file"] for t in tiles] == sorted(p.name for p in TILES.glob("*.png"))
         assert s.validate() == []
+    # The same folder as one slide said on the command line, without a manifest.
+    specs = find_slides([TILES], tiles_as_slide=True)
+    assert [(sp.slide_id, sp.path) for sp in specs] == [("he_tiles_histolab", str(TILES.resolve()))]
+    bad = tmp_path / "bad.csv"
+    for value in ("inf", "nan", "-1"):
+        bad.write_text(f"slide_path,mpp\n{CMU},{value}\n")
+        with pytest.raises(ValueError, match=f"row 2, column 'mpp': must be a finite number > 0, got '{value}'"):
+            find_slides([bad])
 
 
 def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
