@@ -34,11 +34,8 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _debug() -> bool:
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+# Set by the root callback of either app for this one command-line run.
+_RUN = {"debug": False}
 
 
 def _guard(fn):
@@ -51,17 +48,16 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except (FeatstoreError, FileNotFoundError, KeyError, ValueError) as exc:
-            if _debug():
+            if _RUN["debug"]:
                 raise
             # KeyError's str() adds quotes of its own; every other message is printed as it is.
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     return wrapper
 
 
-def _root_options(ctx: typer.Context,
-                  debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,
+def _root_options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,
                   ) -> None:
-    ctx.obj = {"debug": debug}
+    _RUN["debug"] = debug
 
 
 featstore_app.callback()(_root_options)
@@ -165,22 +161,40 @@ def export(
 
 @featstore_app.command("ls")
 @_guard
-def ls(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
-    """List feature sets (with per-slide failures), tables and views."""
+def ls(
+    store: Annotated[Path, typer.Argument(help="Store path")],
+    failed: Annotated[bool, typer.Option(help="List only the failed slides, with their reasons")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Everything as JSON: committed and failed slide ids too")] = False,
+) -> None:
+    """List feature sets with their committed slide ids (and failures), tables and views."""
     with featstore.open(store) as s:
         summary = s.summary()
-        t = Table(title=f"{store} ({summary['backend']})")
-        for col in ("kind", "name", "contents", "status"):
-            t.add_column(col)
+        committed = {fs: s.slides(fs) for fs in summary["feature_sets"]}
+        failures = {fs: s.failures(fs) for fs in summary["feature_sets"]}
+    if as_json:
         for fs, info in summary["feature_sets"].items():
-            t.add_row("features", fs, f"{info['slides']} slides, {info['patches']} patches x {info['dim']} "
-                      f"({info['encoder']})", "ok" if not info["failed"] else f"[red]{info['failed']} failed[/]")
-            for sid, rec in s.failures(fs).items():
-                t.add_row("", f"  {sid}", "", f"[red]failed:[/] {rec.get('reason', '?')}")
-        for name, info in summary["tables"].items():
-            t.add_row(info["kind"], name, " x ".join(map(str, info["shape"] or [])), "ok")
-        for v in summary["views"]:
-            t.add_row("view", v, "", "cached")
+            info["slide_ids"], info["failures"] = committed[fs], failures[fs]
+        console.print_json(json.dumps(summary, default=str))
+        return
+    if failed:
+        for fs, recs in failures.items():
+            for sid, rec in recs.items():
+                console.print(f"{fs}\t{sid}\t{rec.get('reason', '?')}", soft_wrap=True, highlight=False, markup=False)
+        return
+    t = Table(title=f"{store} ({summary['backend']})")
+    for col in ("kind", "name", "contents", "status"):
+        t.add_column(col)
+    for fs, info in summary["feature_sets"].items():
+        t.add_row("features", fs, f"{info['slides']} slides, {info['patches']} patches x {info['dim']} "
+                  f"({info['encoder']})", "ok" if not info["failed"] else f"[red]{info['failed']} failed[/]")
+        for sid in committed[fs]:
+            t.add_row("", f"  {sid}", "", "committed")
+        for sid, rec in failures[fs].items():
+            t.add_row("", f"  {sid}", "", f"[red]failed:[/] {rec.get('reason', '?')}")
+    for name, info in summary["tables"].items():
+        t.add_row(info["kind"], name, " x ".join(map(str, info["shape"] or [])), "ok")
+    for v in summary["views"]:
+        t.add_row("view", v, "", "cached")
     console.print(t)
 
 
@@ -228,6 +242,14 @@ def validate(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
             err.print(f"[red]✗[/] {p}")
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {store}: every committed slide and table is sound")
+
+
+def _committed_slides(store: Path, feature_set: str) -> str:
+    try:
+        with featstore.open(store) as s:
+            return str(len(s.slides(feature_set)))
+    except Exception:  # nothing committed yet, or the store is busy: say so rather than fail the message
+        return "no"
 
 
 @featstore_app.command("extract")
@@ -316,6 +338,13 @@ def extract(
             report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
                                 num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
                                 on_event=on_event, scheduler=scheduler, dask_workers=dask_workers)
+    except KeyboardInterrupt:
+        if progress.live.is_started:
+            progress.stop()
+        err.print(f"interrupted: {_committed_slides(out, name or encoder)} slides are committed in {out} (a slide "
+                  "being written is not); rerun the same command to resume, committed slides are skipped",
+                  soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(130) from None
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -387,17 +416,21 @@ def _with_cv_options(fn):
 def _print_summary(metrics: dict) -> None:
     t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, positive class {metrics['positive_class']}"
               + (" [SIMULATED data]" if metrics.get("simulated") else ""))
-    for col in ("metric", "mean", "std", "95% CI (bootstrap)"):
+    for col in ("metric", "pooled out-of-fold", "95% CI (patient bootstrap)", "fold mean ± sd"):
         t.add_column(col)
+
+    def r3(v) -> str:
+        return "nan" if v is None else f"{v:.3f}"
+
     for m, v in metrics["summary"].items():
-        t.add_row(m, f"{v['mean']:.3f}" if v["mean"] is not None else "nan",
-                  f"{v['std']:.3f}" if v["std"] is not None else "", f"[{v['ci95'][0]}, {v['ci95'][1]}]")
+        t.add_row(m, r3(v["pooled"]), f"[{r3(v['ci95'][0])}, {r3(v['ci95'][1])}]",
+                  f"{r3(v['fold_mean'])} ± {r3(v['fold_std'])}")
     console.print(t)
     c = metrics["cohort"]
     console.print(f"cohort: {c['classes']}; with genes {c['with_genes']}, with image {c['with_image']}, "
                   f"dropped for a missing modality {c['dropped_missing_modality']}; excluded labels "
                   f"{c['excluded_labels']}")
-    console.print(f"genes: {metrics['genes']}; {metrics['params']:,} parameters per model; {metrics['seconds']} s")
+    console.print(f"genes: {metrics['genes']}; {metrics['params']:,} parameters per model; {metrics['seconds']:.1f} s")
     for modality, chk in metrics.get("modality_check", {}).items():
         colour = "green" if chk["informative"] else "red"
         console.print(f"modality check, {modality} shuffled within test folds: ROC-AUC drop {chk['roc_auc_drop']:.3f} "
@@ -441,8 +474,8 @@ def fusion_bench(
     for col in ("head", "modalities", "ROC-AUC", "PR-AUC", "F1", "s", "params", "vs best unimodal"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["head"], r["modalities"], f"{r['roc_auc_mean']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]",
-                  f"{r['pr_auc_mean']:.3f}", f"{r['f1_mean']:.3f}", f"{r['seconds']:.1f}", f"{r['params']:,}",
+        t.add_row(r["head"], r["modalities"], f"{r['roc_auc']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]",
+                  f"{r['pr_auc']:.3f}", f"{r['f1']:.3f}", f"{r['seconds']:.1f}", f"{r['params']:,}",
                   r["vs_best_unimodal"])
     console.print(t)
     console.print(f"genes: {first['genes']}")

@@ -79,7 +79,7 @@ def run_cell(store: Path, label_map: str | None, bootstrap: int) -> dict:
     for h, r in runs.items():
         if HEADS[h].multimodal:
             d = paired_difference(y, r.result.oof, runs[best].result.oof, "roc_auc", bootstrap, 0)
-            gaps[h] = (d["mean"], d["ci95"])
+            gaps[h] = (d["difference"], d["ci95"])
     checks = {h: {m: c["informative"] for m, c in r.metrics.get("modality_check", {}).items()} for h, r in runs.items()}
     return {"auc": auc, "best": best, "gaps": gaps, "checks": checks, "seconds": time.perf_counter() - t0}
 

@@ -87,7 +87,7 @@ def main() -> None:
         f"measured over 100 steps) | {naive_total:.0f} (extrapolated) |",
         "", f"Our trainer vs the naive loop, same head and epochs: **{naive_total / t_cached:.0f}x** faster.",
         "", "| head | ROC-AUC | seconds |", "|---|---|---|",
-        *[f"| {r['head']} | {r['roc_auc_mean']:.3f} | {r['seconds']:.1f} |" for r in rows],
+        *[f"| {r['head']} | {r['roc_auc']:.3f} | {r['seconds']:.1f} |" for r in rows],
     ]
     text = "\n".join(lines) + "\n"
     print(text)

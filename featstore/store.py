@@ -607,7 +607,7 @@ class Store:
         path = f"tables/{name}"
         if self._backend.has(path):
             if not overwrite:
-                raise StoreError(f"store {self.path} already has a table {name!r}; pass overwrite to replace it")
+                raise StoreError(f"store {self.path} already has a table {name!r}; pass --overwrite to replace it")
             if self._backend.attrs(path).get("kind") != kind:
                 raise StoreError(f"table {name!r} in {self.path} is not a {kind} table; refusing to replace it")
         return path

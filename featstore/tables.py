@@ -112,7 +112,7 @@ def read_expression(
         else:
             samples_as = "rows" if len(row_ids) <= len(col_ids) else "columns"
             why = "fewer samples than genes"
-        notes.append(f"samples taken as {samples_as} ({why}; force with samples_as)")
+        notes.append(f"samples taken as {samples_as} ({why}; force with --samples-as rows|columns)")
 
     values = np.empty((len(body), len(col_ids)), dtype=np.float64)
     for i, row in enumerate(body):

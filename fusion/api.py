@@ -144,7 +144,7 @@ def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: st
 
 def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
           out: str | Path | None = None) -> tuple[list[dict], dict[str, CVRun]]:
-    """Every head on identical folds and patients; leaderboard rows sorted by mean ROC-AUC."""
+    """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC."""
     names = list_heads() if heads == "all" else list(heads)
     for h in names:
         get_head(h)
@@ -155,18 +155,18 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
     assign = _assignments(opts, cohort)
     runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated) for h in names}
     unimodal = [h for h in names if not get_head(h).multimodal]
-    best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["mean"] or 0) if unimodal else None
+    best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
     rows = []
     for h, run in runs.items():
         s = run.metrics["summary"]
         row = {"head": h, "modalities": "+".join(sorted(get_head(h).modalities)), "seconds": run.metrics["seconds"],
                "params": run.metrics["params"]}
         for m in METRICS:
-            row.update({f"{m}_mean": s[m]["mean"], f"{m}_std": s[m]["std"], f"{m}_lo": s[m]["ci95"][0],
-                        f"{m}_hi": s[m]["ci95"][1]})
+            row.update({m: s[m]["pooled"], f"{m}_lo": s[m]["ci95"][0], f"{m}_hi": s[m]["ci95"][1],
+                        f"{m}_fold_mean": s[m]["fold_mean"], f"{m}_fold_std": s[m]["fold_std"]})
         if best_uni and h != best_uni:
             d = paired_difference(cohort.y, run.result.oof, runs[best_uni].result.oof, "roc_auc", opts.bootstrap, opts.seed)
-            row["vs_best_unimodal"] = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + \
+            row["vs_best_unimodal"] = f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + \
                 (" within noise" if d["within_noise"] else "")
             row["within_noise"] = d["within_noise"]
         else:
@@ -176,7 +176,7 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
             f"{m} {c['roc_auc_drop']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
             + ("" if c["informative"] else f" ({c['verdict']})") for m, c in run.metrics.get("modality_check", {}).items())
         rows.append(row)
-    rows.sort(key=lambda r: -(r["roc_auc_mean"] or 0))
+    rows.sort(key=lambda r: -(r["roc_auc"] or 0))
     if out is not None:
         note = (f"{len(cohort.patient_ids)} patients, {assign.shape[0]} x {int(assign.max()) + 1}-fold "
                 f"{opts.split}-level CV, {time.perf_counter() - t0:.1f} s in all.")

@@ -154,6 +154,7 @@ class _FusionHead(nn.Module):
     """
 
     modality_dropout = 0.2
+    fused = True  # False: no fusion term (late fusion)
 
     def __init__(self, models: int, gene_dim: int, token_dim: int, hidden: int = 128, dropout: float = 0.25,
                  snn: bool = False, dim: int = 32):
@@ -162,9 +163,6 @@ class _FusionHead(nn.Module):
         self.image = _ImageEncoder(models, token_dim, hidden)
         self.image_linear = FoldLinear(models, token_dim, 1)
         self.image_logit = FoldLinear(models, hidden, 1)
-        with torch.no_grad():
-            self.image_logit.weight.zero_()
-            self.image_logit.bias.zero_()
         self.gate = nn.Parameter(torch.zeros(models, 1))
 
     def warm_start(self, genes: list[np.ndarray], bag_means: list[np.ndarray], y: np.ndarray,
@@ -181,6 +179,17 @@ class _FusionHead(nn.Module):
                         layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
                         # Half the intercept each, so the two logits together carry one intercept.
                         layer.bias[i, 0, 0] = float(model.intercept_[0]) / 2
+        # The fitted linear logits stay as fitted (their strength was chosen by CV); training learns what they
+        # miss: the attention branch and the fusion term.
+        for layer in (self.genes.logit, self.image_linear):
+            layer.requires_grad_(False)
+
+    def stages(self) -> list:
+        """Train the unimodal branches first, the fusion gate held at 0, then open the gate: trained together
+        from the start, the fusion term fits noise in one modality before the other's branch has learned
+        anything alone (measured: the attention branch on minority-patch bags never started)."""
+        self.gate.requires_grad_(False)
+        return [None, lambda: self.gate.requires_grad_(True)] if self.fused else [None]
 
     def fuse(self, g: torch.Tensor, i: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
              weights: torch.Tensor) -> torch.Tensor | None:
@@ -204,6 +213,8 @@ class _FusionHead(nn.Module):
                "Late fusion: a linear gene logit plus an attention-MIL image logit, trained together with "
                "modality dropout so each stands alone.")
 class Late(_FusionHead):
+    fused = False
+
     def fuse(self, g, i, tokens, mask, weights):
         return None
 

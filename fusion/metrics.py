@@ -83,7 +83,9 @@ def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed
 
 
 def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
-    """Per-fold metrics and a summary {metric: mean, std over folds, ci95 from the pooled bootstrap}."""
+    """Per-fold metrics and a summary per metric: ``pooled`` (all patients' out-of-fold predictions, averaged
+    over repeats) with its patient-bootstrap ``ci95``, so the point estimate is the one its CI is about, and
+    ``fold_mean``/``fold_std`` over the folds as a separate description of fold-to-fold spread."""
     folds = []
     for r in range(assign.shape[0]):
         for f in np.unique(assign[r]):
@@ -96,26 +98,27 @@ def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int
     for k in METRICS:
         vals = np.array([f[k] for f in folds], float)
         lo, hi = np.nanpercentile(boot[k], [2.5, 97.5])
-        summary[k] = {"mean": _f(np.nanmean(vals)), "std": _f(np.nanstd(vals, ddof=1) if len(vals) > 1 else 0.0),
-                      "ci95": [_f(lo), _f(hi)]}
+        summary[k] = {"pooled": _f(pooled_metric(y, oof, k)), "ci95": [_f(lo), _f(hi)],
+                      "fold_mean": _f(np.nanmean(vals)),
+                      "fold_std": _f(np.nanstd(vals, ddof=1) if len(vals) > 1 else 0.0)}
     return folds, summary
 
 
 def paired_difference(y: np.ndarray, oof_a: np.ndarray, oof_b: np.ndarray, metric: str = "roc_auc",
                       resamples: int = 1000, seed: int = 0) -> dict:
-    """Bootstrap of metric(a) - metric(b) on the same resampled patients (same folds)."""
+    """metric(a) - metric(b) on the pooled predictions, with a CI from resampling the same patients for both."""
     idx = bootstrap_indices(len(y), resamples, seed)
     a = pooled_bootstrap(y, oof_a, idx=idx)[metric]
     b = pooled_bootstrap(y, oof_b, idx=idx)[metric]
-    d = a - b
-    lo, hi = np.nanpercentile(d, [2.5, 97.5])
-    return {"metric": metric, "mean": _f(np.nanmean(d)), "ci95": [_f(lo), _f(hi)],
-            "within_noise": bool(lo <= 0 <= hi)}
+    lo, hi = np.nanpercentile(a - b, [2.5, 97.5])
+    return {"metric": metric, "difference": _f(pooled_metric(y, oof_a, metric) - pooled_metric(y, oof_b, metric)),
+            "ci95": [_f(lo), _f(hi)], "within_noise": bool(lo <= 0 <= hi)}
 
 
 def _f(v) -> float | None:
+    """Full precision for JSON (tables round to 3 decimals); NaN as None."""
     v = float(v)
-    return None if np.isnan(v) else round(v, 6)
+    return None if np.isnan(v) else v
 
 
 def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc") -> float:

@@ -40,7 +40,7 @@ def plot_curves(path: Path, result, metrics: dict) -> None:
         ax2.plot(rec, prec, lw=1.2, label=f"repeat {r}")
     ax1.plot([0, 1], [0, 1], "k--", lw=0.6)
     ax1.set(xlabel="false positive rate", ylabel="true positive rate",
-            title=f"ROC, AUC {metrics['summary']['roc_auc']['mean']}")
+            title=f"ROC, AUC {metrics['summary']['roc_auc']['pooled']:.3f}")
     ax2.axhline(result.y.mean(), color="k", ls="--", lw=0.6)
     ax2.set(xlabel="recall", ylabel="precision", title=f"PR (positive: {metrics['positive_class']})")
     fig.suptitle(f"{metrics['head']}: pooled out-of-fold predictions" + (" (SIMULATED data)" if metrics.get("simulated") else ""))
@@ -51,7 +51,7 @@ def plot_curves(path: Path, result, metrics: dict) -> None:
 
 def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["head", "modalities"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "lo", "hi")] + \
+    cols = ["head", "modalities"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi", "_fold_mean", "_fold_std")] + \
         ["seconds", "params", "vs_best_unimodal", "within_noise", "modality_check"]
     with (out / "leaderboard.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, cols)
@@ -59,22 +59,30 @@ def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> 
         for r in rows:
             w.writerow({k: r.get(k) for k in cols})
     lines = [f"# Leaderboard (positive class: {positive})", "", note, "",
-             "| head | modalities | ROC-AUC | PR-AUC | F1 | bal. acc. | seconds | params | vs best unimodal (ROC-AUC) "
-             "| modality check (ROC-AUC drop when shuffled) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| head | modalities | ROC-AUC [95% CI] | ROC-AUC fold mean ± sd | PR-AUC [95% CI] | F1 [95% CI] | "
+             "bal. acc. [95% CI] | seconds | params | vs best unimodal (ROC-AUC) | modality check (ROC-AUC drop when "
+             "shuffled) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
     def cell(r: dict, m: str) -> str:
-        return f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+        return f"{_r3(r[m])} [{_r3(r[f'{m}_lo'])}, {_r3(r[f'{m}_hi'])}]"
 
     for r in rows:
-        lines.append(f"| {r['head']} | {r['modalities']} | {cell(r, 'roc_auc')} | {cell(r, 'pr_auc')} | {cell(r, 'f1')} | "
+        lines.append(f"| {r['head']} | {r['modalities']} | {cell(r, 'roc_auc')} | "
+                     f"{_r3(r['roc_auc_fold_mean'])} ± {_r3(r['roc_auc_fold_std'])} | {cell(r, 'pr_auc')} | {cell(r, 'f1')} | "
                      f"{cell(r, 'balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} | "
                      f"{r.get('modality_check', '')} |")
-    lines += ["", "Mean ± std over folds, [95% CI] from a patient-level bootstrap of pooled out-of-fold predictions. "
+    lines += ["", "Each metric is computed on the pooled out-of-fold predictions of all patients, with a 95% CI from a "
+              "patient-level bootstrap of those predictions; the fold mean ± sd is shown apart. "
               "'within noise': the paired bootstrap CI of the ROC-AUC difference to the best unimodal head "
               "contains 0. Modality check: the drop in ROC-AUC when one input is shuffled among the patients of each "
               "test fold (5 permutations), with a paired patient-bootstrap 95% CI; an input whose CI reaches 0 "
               "adds nothing measurable."]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+
+
+def _r3(v) -> str:
+    return "nan" if v is None else f"{v:.3f}"
 
 
 def _default(o):

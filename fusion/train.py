@@ -67,7 +67,36 @@ class CVResult:
     permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (permutations, R, P) predictions
 
 
+def _inner_split_fits(counts: np.ndarray, inner_val: float) -> bool:
+    """Whether a training part with these class counts can give a stratified inner-validation split."""
+    n = int(counts.sum())
+    n_val = int(np.ceil(inner_val * n))
+    return counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts)
+
+
+def check_inner_split(y: np.ndarray, assign: np.ndarray, inner_val: float) -> None:
+    """Refuse, with the counts and the smallest K that works, a cohort too small for its folds' inner split."""
+    classes = np.unique(y)
+    for r in range(assign.shape[0]):
+        for f in np.unique(assign[r]):
+            counts = np.array([(y[assign[r] != f] == c).sum() for c in classes])
+            if _inner_split_fits(counts, inner_val):
+                continue
+            total = np.array([(y == c).sum() for c in classes])
+            k_ok = next((k for k in range(int(assign.max()) + 2, 21)
+                         if _inner_split_fits(np.floor(total * (k - 1) / k).astype(int), inner_val)), None)
+            hint = (f"the smallest K that works is {k_ok} (--folds {k_ok})" if k_ok else
+                    "no K up to 20 works: label more patients")
+            raise ValueError(
+                f"cohort too small for {int(assign.max()) + 1} folds with an inner validation split of "
+                f"{inner_val:.0%}: fold {int(f)}'s training part has {int(counts.sum())} patients "
+                f"({dict(zip(classes.tolist(), counts.tolist()))} per class): its validation part would hold "
+                f"{int(np.ceil(inner_val * counts.sum()))} patient(s), and a stratified split needs one of each class "
+                f"on both sides; {hint}")
+
+
 def _model_rows(assign: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    check_inner_split(y, assign, cfg.inner_val)
     out = []
     for r in range(assign.shape[0]):
         for f in np.unique(assign[r]):
@@ -180,33 +209,40 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     n_train = max(len(r) for r in data.train)
     steps = max(1, -(-n_train // cfg.batch_size))
     span = steps * cfg.batch_size
-    for _ in range(cfg.epochs):
-        # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
-        order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-span // len(r)))[:span]
-                             for r in data.train])
-        model.train()
-        active = (stale < cfg.patience).float()[:, None]
-        for s in range(steps):
-            idx = order[:, s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            logits = model(*_gather(data, idx))
-            target = yt[idx]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, target, pos_weight=pos_weight.expand_as(logits), reduction="none")
-            # Models that have stopped contribute no gradient; their best weights are already saved.
-            (loss * active).mean(dim=1).sum().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        vloss = val_loss()
-        improved = (vloss < best - 1e-4) & (stale < cfg.patience)
-        epochs_run += (stale < cfg.patience).numpy()
-        if improved.any():
-            best = torch.where(improved, vloss, best)
-            for k, v in model.state_dict().items():
-                if v.dim() and v.shape[0] == m:
-                    best_state[k][improved] = v.detach()[improved]
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        if (stale >= cfg.patience).all():
-            break
+    # A head may train in stages (fusion heads: unimodal branches first, then the fusion term); each stage
+    # starts from the best weights so far, with its own patience, and is scored against the same best loss.
+    for stage in (model.stages() if hasattr(model, "stages") else [None]):
+        if stage is not None:
+            model.load_state_dict(best_state)
+            stage()
+            stale = torch.zeros(m, dtype=torch.long)
+        for _ in range(cfg.epochs):
+            # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
+            order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-span // len(r)))[:span]
+                                 for r in data.train])
+            model.train()
+            active = (stale < cfg.patience).float()[:, None]
+            for s in range(steps):
+                idx = order[:, s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                logits = model(*_gather(data, idx))
+                target = yt[idx]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, target, pos_weight=pos_weight.expand_as(logits), reduction="none")
+                # Models that have stopped contribute no gradient; their best weights are already saved.
+                (loss * active).mean(dim=1).sum().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            vloss = val_loss()
+            improved = (vloss < best - 1e-4) & (stale < cfg.patience)
+            epochs_run += (stale < cfg.patience).numpy()
+            if improved.any():
+                best = torch.where(improved, vloss, best)
+                for k, v in model.state_dict().items():
+                    if v.dim() and v.shape[0] == m:
+                        best_state[k][improved] = v.detach()[improved]
+            stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+            if (stale >= cfg.patience).all():
+                break
     model.load_state_dict(best_state)
     model.eval()
     return model, epochs_run.tolist()

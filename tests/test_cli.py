@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import torch
 from typer.testing import CliRunner
 
+import featstore
 from cli import featstore_app, fusion_app
 
-from .conftest import CMU, MIXOMICS
+from .conftest import CMU, MIXOMICS, ROOT
 
 runner = CliRunner(env={"COLUMNS": "250"})
 
@@ -46,3 +50,92 @@ def test_every_option_of_every_command_has_help():
                 if not getattr(p, "help", None):
                     missing.append(f"{group.name or ''} {name} {p.opts[0] if p.opts else p.name}")
     assert not missing, missing
+
+
+def test_errors_are_one_line_and_a_mistyped_store_is_never_created(tmp_path):
+    typo = tmp_path / "typo.zarr"
+    for app, args in ((fusion_app, ["cv", str(typo), "--head", "logreg"]),
+                      (fusion_app, ["bench", str(typo)]),
+                      (featstore_app, ["import-genes", str(tmp_path / "nosuch.csv"), "--store", str(typo)]),
+                      (featstore_app, ["import-labels", str(tmp_path / "nosuch.csv"), "--store", str(typo)]),
+                      (featstore_app, ["import-features", str(tmp_path / "nosuch"), "--store", str(typo), "--name", "x"]),
+                      (featstore_app, ["ls", str(typo)])):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.count("\n") == 1, (args, r.output)
+        assert "Traceback" not in r.output
+        assert not typo.exists(), args
+    # Weights and device: what is missing and the ways out, one line, exit 1; --debug shows the traceback.
+    for extra, words in ((["--weights", "imagenet"], ["resnet50-0676ba61.pth", "--weights PATH", "--weights random"]),
+                         (["--weights", "nosuch.pth"], ["--weights nosuch.pth: no such file", "'random'"]),
+                         (["--weights", "random", "--device", "cuda"], ["no CUDA device", "--device cpu"])):
+        r = runner.invoke(featstore_app, ["extract", "--slides", str(CMU), "--out", str(typo), *extra],
+                          env={"TORCH_HOME": str(tmp_path / "empty-cache")})
+        if extra[-1] == "cuda" and torch.cuda.is_available():
+            continue
+        assert r.exit_code == 1 and r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+        assert all(w in r.output for w in words), r.output
+        assert not typo.exists()
+    r = runner.invoke(featstore_app, ["--debug", "extract", "--slides", str(CMU), "--out", str(typo), "--weights", "nosuch.pth"])
+    assert r.exit_code != 0 and type(r.exception).__name__ == "WeightsError"
+
+
+def test_messages_keep_their_quotes_and_name_cli_flags(tmp_path):
+    store = tmp_path / "s.zarr"
+    labels = tmp_path / "l.csv"
+    labels.write_text("patient_id,label\nP1,'odd'\n")
+    r = runner.invoke(featstore_app, ["import-labels", str(labels), "--store", str(store)])
+    assert r.exit_code == 1 and "{\"'odd'\": 1}" in r.output, r.output
+    r = runner.invoke(featstore_app, ["import-genes", str(MIXOMICS / "data_train_mrna.csv"), "--store", str(store)])
+    assert r.exit_code == 0 and "--samples-as" in r.output, r.output
+    r = runner.invoke(featstore_app, ["import-genes", str(MIXOMICS / "data_train_mrna.csv"), "--store", str(store)])
+    assert r.exit_code == 1 and "already has a table 'expression'; pass --overwrite" in r.output, r.output
+
+
+def test_simulate_never_replaces_real_tables_and_ls_lists_slide_ids(tmp_path):
+    store = tmp_path / "r.zarr"
+    r = runner.invoke(featstore_app, ["import-genes", str(MIXOMICS / "data_train_mrna.csv"), "--store", str(store)])
+    assert r.exit_code == 0
+    r = runner.invoke(fusion_app, ["simulate", "--out", str(store), "--patients", "20"])
+    assert r.exit_code == 1 and "already holds table 'expression'" in r.output and "--overwrite" in r.output, r.output
+    with featstore.open(store) as s:
+        assert s.read_expression().values.shape == (150, 200) and s.feature_sets() == []
+    sim = tmp_path / "sim.zarr"
+    assert runner.invoke(fusion_app, ["simulate", "--out", str(sim), "--patients", "12", "--patches", "4"]).exit_code == 0
+    r = runner.invoke(featstore_app, ["ls", str(sim)])
+    assert r.exit_code == 0 and "SIM-00011-SIM" in r.output and "committed" in r.output
+    listing = json.loads(runner.invoke(featstore_app, ["ls", str(sim), "--json"]).output)
+    assert len(listing["feature_sets"]["simulated"]["slide_ids"]) == 12
+    assert runner.invoke(featstore_app, ["ls", str(sim), "--failed"]).output == ""
+
+
+def test_sigint_during_extract_says_what_was_committed_and_that_a_rerun_resumes(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(6):
+        shutil.copy(CMU, slides / f"CMU-{i}.svs")
+    store = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-c", "import cli; cli.main_featstore()", "extract", "--slides", str(slides), "--out",
+           str(store), "--weights", "random", "--encoder", "resnet50-trunc", "--mpp", "2.0", "--patch-size", "64",
+           "--num-workers", "0", "--batch-size", "8"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "250"})
+    for line in proc.stdout:
+        if "CMU-0" in line and "patches in" in line:  # the first slide is committed
+            break
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, errs)
+    assert "Traceback" not in errs
+    lines = [ln for ln in errs.splitlines() if ln.startswith("interrupted:")]
+    assert len(lines) == 1 and "rerun the same command to resume" in lines[0], errs
+    with featstore.open(store) as s:
+        n = len(s.slides("resnet50-trunc"))
+        assert n >= 1 and f"interrupted: {n} slides are committed" in lines[0]
+        assert s.validate() == []
