@@ -233,13 +233,16 @@ def info(
 
 @featstore_app.command("validate")
 @_guard
-def validate(store: Annotated[Path, typer.Argument(help="Store path")]) -> None:
-    """Check every committed slide and table; exit code 1 with the list of problems."""
+def validate(
+    store: Annotated[Path, typer.Argument(help="Store path")],
+    deep: Annotated[bool, typer.Option(help="Also re-read every array and compare it with its commit-time digest")] = False,
+) -> None:
+    """Check every committed slide, table and view (every chunk on disk); exit code 1 with one line per problem."""
     with featstore.open(store) as s:
-        problems = s.validate()
+        problems = s.validate(deep=deep)
     if problems:
         for p in problems:
-            err.print(f"[red]✗[/] {p}")
+            err.print(f"✗ {p}", soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {store}: every committed slide and table is sound")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore import integrity
 from featstore.errors import StoreError, StoreLockedError
 
 SCHEMA_VERSION = 1
@@ -111,8 +112,10 @@ class _ZarrBackend:
         dtype = str if np.dtype(dtype).kind in "UOT" else dtype
         compressors = None if dtype is str else self._compressor
         parent, name = path.rsplit("/", 1)
+        # Every chunk is written, fill-valued or not, so a chunk file that is missing means a lost chunk.
         return self._node(parent).create_array(
-            name, shape=shape, dtype=dtype, chunks=chunks, compressors=compressors
+            name, shape=shape, dtype=dtype, chunks=chunks, compressors=compressors,
+            config={"write_empty_chunks": True},
         )
 
     def read(self, path: str, rows: slice | None = None) -> np.ndarray:
@@ -328,6 +331,7 @@ class SlideWriter:
         self._tissue = np.zeros(n, np.float32)
         self._received = np.zeros(n, bool)
         self._chunks: dict[int, list] = {}  # chunk index -> [rows so far, number of rows filled]
+        self._hashes: dict[int, str] = {}  # chunk index -> digest of the rows written
         self._dim, self._dtype = dim, np.dtype(dtype)
         self._next = 0
         self.n = n
@@ -340,6 +344,13 @@ class SlideWriter:
         end = start + len(features)
         if start < 0 or end > self.n:
             raise ValueError(f"slide writer got rows {start}:{end}, but the slide has {self.n} rows")
+        # Finite after the cast to the stored dtype: 1e5 is finite as float32 and inf as float16.
+        with np.errstate(over="ignore", invalid="ignore"):
+            features = features.astype(self._dtype, copy=False)
+        if not np.isfinite(features).all():
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(features))[0])
+            raise ValueError(f"{self._final}: feature row {start + r}, column {c} is not finite as {self._dtype} "
+                             f"(NaN, Inf, or beyond its range of about ±{float(np.finfo(self._dtype).max):.0f})")
         if self._received[start:end].any():
             raise ValueError(f"slide writer got rows {start}:{end}, some of them twice")
         self._received[start:end] = True
@@ -356,6 +367,7 @@ class SlideWriter:
             chunk[1] += take
             if chunk[1] == c1 - c0:
                 self._features[c0:c1] = chunk[0]
+                self._hashes[c] = integrity.piece_hash(chunk[0])
                 del self._chunks[c]
             pos += take
 
@@ -366,8 +378,13 @@ class SlideWriter:
         if self.n:
             self._small["coords"][:] = self._coords
             self._small["tissue_fraction"][:] = self._tissue
+        digests = {
+            "features": {"shape": [self.n, self._dim], "dtype": str(self._dtype), "chunk_rows": self._rows,
+                         "sha256": integrity.combine([self._hashes[c] for c in range(len(self._hashes))])},
+            "coords": integrity.record(self._coords), "tissue_fraction": integrity.record(self._tissue),
+        }
         be = self._store._backend
-        be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso()})
+        be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests})
         be.move(self._stage, self._final)
         # A success supersedes an earlier failure record of the same slide.
         be.delete(self._final.replace("/slides/", "/failed/"))
@@ -455,9 +472,11 @@ class Store:
 
     def _commit_arrays(self, final: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
         stage = self._new_staging()
+        digests = {}
         try:
             for name, data in arrays.items():
                 data = np.asarray(data)
+                digests[name] = integrity.record(data)
                 if data.dtype.kind in "UOT":
                     arr = self._backend.create_array(f"{stage}/{name}", data.shape, str, data.shape)
                     if data.size:
@@ -476,7 +495,7 @@ class Store:
                 arr = self._backend.create_array(f"{stage}/{name}", data.shape, data.dtype, chunks)
                 if data.size:
                     arr[...] = data
-            self._backend.set_attrs(stage, {**attrs, "committed": now_iso()})
+            self._backend.set_attrs(stage, {**attrs, "committed": now_iso(), "digests": digests})
             self._backend.move(stage, final)
         except BaseException:
             self._backend.delete(stage)
@@ -557,14 +576,27 @@ class Store:
             raise StoreError(f"feature set {name!r} has no committed slide {slide_id!r}")
         return self._backend.attrs(path)
 
+    def _read(self, node: str, array: str, where: str, rows: slice | None = None) -> np.ndarray:
+        """An array of a committed node, checked against the digest recorded at commit when read whole:
+        a lost or garbled chunk is an error naming what it belongs to, never zeros."""
+        try:
+            data = self._backend.read(f"{node}/{array}", rows)
+        except Exception as exc:  # a decoder's error on a garbled chunk, whatever library raised it
+            raise StoreError(f"{self.path}: {where}, array {array!r} cannot be read ({type(exc).__name__}: {exc}); "
+                             "the store is damaged: featstore validate lists what") from exc
+        rec = self._backend.attrs(node).get("digests", {}).get(array)
+        if rows is None and rec is not None and (problem := integrity.mismatch(data, rec)):
+            raise StoreError(f"{self.path}: {where}, array {array!r}: {problem}; featstore validate lists the damage")
+        return data
+
     def read_slide(self, feature_set: str | None, slide_id: str, rows: slice | None = None) -> SlideFeatures:
         name = self.resolve("features", feature_set)
         attrs = self.slide_attrs(name, slide_id)
-        base = f"features/{name}/slides/{slide_id}"
+        base, where = f"features/{name}/slides/{slide_id}", f"feature set {name}, slide {slide_id}"
         return SlideFeatures(
-            features=self._backend.read(f"{base}/features", rows),
-            coords=self._backend.read(f"{base}/coords", rows),
-            tissue_fraction=self._backend.read(f"{base}/tissue_fraction", rows),
+            features=self._read(base, "features", where, rows),
+            coords=self._read(base, "coords", where, rows),
+            tissue_fraction=self._read(base, "tissue_fraction", where, rows),
             attrs=attrs,
         )
 
@@ -614,8 +646,13 @@ class Store:
 
     def write_expression(self, name: str, table: ExpressionTable, overwrite: bool = False) -> None:
         path = self._check_table_name(name, "expression", overwrite)
-        values = np.asarray(table.values, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = np.asarray(table.values, dtype=np.float32)
         n, g = values.shape
+        if not np.isfinite(values).all():
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
+            raise ValueError(f"expression {name!r}: value at sample {table.sample_ids[r]!r}, gene {table.gene_ids[c]!r} is "
+                             f"{float(np.asarray(table.values)[r, c])!r}, not finite as float32 (beyond about ±3.4e38, NaN or Inf)")
         for what, ids, expected in (("sample_ids", table.sample_ids, n), ("patient_ids", table.patient_ids, n),
                                     ("sample_types", table.sample_types, n), ("gene_ids", table.gene_ids, g)):
             if len(ids) != expected:
@@ -631,13 +668,15 @@ class Store:
     def read_expression(self, name: str | None = None) -> ExpressionTable:
         name = self.resolve("expression", name)
         base = f"tables/{name}"
-        read = self._backend.read
+
+        def read(array: str) -> np.ndarray:
+            return self._read(base, array, f"table {name}")
         return ExpressionTable(
-            values=read(f"{base}/values"),
-            sample_ids=read(f"{base}/sample_ids").tolist(),
-            gene_ids=read(f"{base}/gene_ids").tolist(),
-            patient_ids=read(f"{base}/patient_ids").tolist(),
-            sample_types=read(f"{base}/sample_types").tolist(),
+            values=read("values"),
+            sample_ids=read("sample_ids").tolist(),
+            gene_ids=read("gene_ids").tolist(),
+            patient_ids=read("patient_ids").tolist(),
+            sample_types=read("sample_types").tolist(),
             provenance=self._backend.attrs(base).get("provenance", {}),
         )
 
@@ -654,11 +693,13 @@ class Store:
     def read_labels(self, name: str | None = None) -> LabelTable:
         name = self.resolve("labels", name)
         base = f"tables/{name}"
-        read = self._backend.read
+
+        def read(array: str) -> np.ndarray:
+            return self._read(base, array, f"table {name}")
         return LabelTable(
-            patient_ids=read(f"{base}/patient_ids").tolist(),
-            labels=read(f"{base}/labels").tolist(),
-            raw_labels=read(f"{base}/raw_labels").tolist(),
+            patient_ids=read("patient_ids").tolist(),
+            labels=read("labels").tolist(),
+            raw_labels=read("raw_labels").tolist(),
             provenance=self._backend.attrs(base).get("provenance", {}),
         )
 
@@ -678,13 +719,17 @@ class Store:
         path = f"views/{key}"
         if not self._backend.has(path):
             return None
-        return {a: self._backend.read(f"{path}/{a}") for a in self._backend.arrays(path)}, self._backend.attrs(path)
+        return {a: self._read(path, a, f"view {key}") for a in self._backend.arrays(path)}, self._backend.attrs(path)
 
     # ---- checks ---------------------------------------------------------------------------------
-    def validate(self) -> list[str]:
-        """Check every committed object; return the list of problems (empty when the store is sound)."""
+    def validate(self, deep: bool = False) -> list[str]:
+        """Check every committed object; return the list of problems, one line each naming the slide or table
+        and the array (empty when the store is sound). Every chunk must be on disk (Zarr); ``deep`` also
+        re-hashes every array against the digest recorded at commit."""
         problems: list[str] = []
         be = self._backend
+        for node, where in self._committed_nodes(problems):
+            problems += self._check_integrity(node, where, deep)
         for fs in self.feature_sets():
             info = be.attrs(f"features/{fs}")
             for key in ("config", "config_hash"):
@@ -694,54 +739,108 @@ class Store:
             for sid in self.slides(fs):
                 base = f"features/{fs}/slides/{sid}"
                 where = f"feature set {fs}, slide {sid}"
-                present = set(be.arrays(base))
-                missing = {"features", "coords", "tissue_fraction"} - present
-                if missing:
-                    problems.append(f"{where}: arrays missing: {sorted(missing)}")
-                    continue
-                attrs = be.attrs(base)
-                for key in ("patient_id", "provenance", "n_patches"):
-                    if key not in attrs:
-                        problems.append(f"{where}: attribute {key!r} missing")
-                n, d = be.shape(f"{base}/features")
-                if dim is not None and d != dim:
-                    problems.append(f"{where}: feature dimension {d} differs from other slides ({dim})")
-                dim = d
-                if be.shape(f"{base}/coords") != (n, 2):
-                    problems.append(f"{where}: coords shape {be.shape(f'{base}/coords')} != ({n}, 2)")
-                if be.shape(f"{base}/tissue_fraction") != (n,):
-                    problems.append(f"{where}: tissue_fraction shape {be.shape(f'{base}/tissue_fraction')} != ({n},)")
-                if attrs.get("n_patches") not in (None, n):
-                    problems.append(f"{where}: n_patches attribute {attrs.get('n_patches')} != {n} rows")
-                for start in range(0, n, 65536):
-                    block = be.read(f"{base}/features", slice(start, start + 65536))
-                    if not np.isfinite(block).all():
-                        bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
-                        problems.append(f"{where}: non-finite feature values (first at row {bad})")
-                        break
-                if n and (be.read(f"{base}/coords") < 0).any():
-                    problems.append(f"{where}: negative coordinates")
+                try:
+                    dim = self._check_slide(base, where, dim, problems)
+                except Exception as exc:  # a decoder's error on a garbled chunk: a problem line, not a traceback
+                    problems.append(f"{where}: cannot be read ({type(exc).__name__}: {exc})")
         for name in self.tables():
             base = f"tables/{name}"
-            attrs = be.attrs(base)
-            kind = attrs.get("kind")
-            if "provenance" not in attrs:
-                problems.append(f"table {name}: attribute 'provenance' missing")
-            if kind == "expression":
-                s, g = be.shape(f"{base}/values")
-                for ids, n in (("sample_ids", s), ("patient_ids", s), ("sample_types", s), ("gene_ids", g)):
-                    if be.shape(f"{base}/{ids}") != (n,):
-                        problems.append(f"table {name}: {ids} has shape {be.shape(f'{base}/{ids}')}, expected ({n},)")
-                if not np.isfinite(be.read(f"{base}/values")).all():
-                    problems.append(f"table {name}: non-finite expression values")
-            elif kind == "labels":
-                n = be.shape(f"{base}/patient_ids")
-                for col in ("labels", "raw_labels"):
-                    if be.shape(f"{base}/{col}") != n:
-                        problems.append(f"table {name}: {col} length differs from patient_ids")
-            else:
-                problems.append(f"table {name}: unknown kind {kind!r}")
-        return problems
+            try:
+                self._check_table(name, base, problems)
+            except Exception as exc:
+                problems.append(f"table {name}: cannot be read ({type(exc).__name__}: {exc})")
+        return list(dict.fromkeys(problems))
+
+    def _committed_nodes(self, problems: list[str]) -> Iterator[tuple[str, str]]:
+        """Every committed slide, table and view; a Zarr slide folder that lost its zarr.json is a problem."""
+        for fs in self.feature_sets():
+            if self.backend_name == "zarr":
+                folder = self.path / "features" / fs / "slides"
+                listed = set(self.slides(fs))
+                for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+                    if d.is_dir() and d.name not in listed:
+                        problems.append(f"feature set {fs}, slide {d.name}: zarr.json missing, the slide's metadata "
+                                        "is lost (delete the folder and extract the slide again)")
+            for sid in self.slides(fs):
+                yield f"features/{fs}/slides/{sid}", f"feature set {fs}, slide {sid}"
+        for name in self.tables():
+            yield f"tables/{name}", f"table {name}"
+        for key in self.views():
+            yield f"views/{key}", f"view {key}"
+
+    def _check_integrity(self, node: str, where: str, deep: bool) -> list[str]:
+        digests = self._backend.attrs(node).get("digests")
+        if digests is None:
+            return [f"{where}: no digests recorded at commit (written by an older featstore); rewrite it to check it"]
+        out = []
+        present = set(self._backend.arrays(node))
+        for array in digests:
+            if array not in present:
+                out.append(f"{where}, array {array}: missing")
+                continue
+            if self.backend_name == "zarr":
+                lost = integrity.missing_zarr_chunks(self.path / node / array)
+                if lost:
+                    out.append(f"{where}, array {array}: {len(lost)} chunk file(s) missing ({', '.join(lost[:3])})")
+                    continue
+            if deep:
+                try:
+                    self._read(node, array, where)
+                except StoreError as exc:
+                    out.append(f"{where}, array {array}: " + str(exc).split(f"array {array!r}", 1)[-1].lstrip(": "))
+        return out
+
+    def _check_slide(self, base: str, where: str, dim: int | None, problems: list[str]) -> int | None:
+        be = self._backend
+        present = set(be.arrays(base))
+        missing = {"features", "coords", "tissue_fraction"} - present
+        if missing:
+            problems.append(f"{where}: arrays missing: {sorted(missing)}")
+            return dim
+        attrs = be.attrs(base)
+        for key in ("patient_id", "provenance", "n_patches"):
+            if key not in attrs:
+                problems.append(f"{where}: attribute {key!r} missing")
+        n, d = be.shape(f"{base}/features")
+        if dim is not None and d != dim:
+            problems.append(f"{where}: feature dimension {d} differs from other slides ({dim})")
+        dim = d
+        if be.shape(f"{base}/coords") != (n, 2):
+            problems.append(f"{where}: coords shape {be.shape(f'{base}/coords')} != ({n}, 2)")
+        if be.shape(f"{base}/tissue_fraction") != (n,):
+            problems.append(f"{where}: tissue_fraction shape {be.shape(f'{base}/tissue_fraction')} != ({n},)")
+        if attrs.get("n_patches") not in (None, n):
+            problems.append(f"{where}: n_patches attribute {attrs.get('n_patches')} != {n} rows")
+        for start in range(0, n, 65536):
+            block = be.read(f"{base}/features", slice(start, start + 65536))
+            if not np.isfinite(block).all():
+                bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+                problems.append(f"{where}: non-finite feature values (first at row {bad})")
+                break
+        if n and (be.read(f"{base}/coords") < 0).any():
+            problems.append(f"{where}: negative coordinates")
+        return dim
+
+    def _check_table(self, name: str, base: str, problems: list[str]) -> None:
+        be = self._backend
+        attrs = be.attrs(base)
+        kind = attrs.get("kind")
+        if "provenance" not in attrs:
+            problems.append(f"table {name}: attribute 'provenance' missing")
+        if kind == "expression":
+            s, g = be.shape(f"{base}/values")
+            for ids, n in (("sample_ids", s), ("patient_ids", s), ("sample_types", s), ("gene_ids", g)):
+                if be.shape(f"{base}/{ids}") != (n,):
+                    problems.append(f"table {name}: {ids} has shape {be.shape(f'{base}/{ids}')}, expected ({n},)")
+            if not np.isfinite(be.read(f"{base}/values")).all():
+                problems.append(f"table {name}: non-finite expression values")
+        elif kind == "labels":
+            n = be.shape(f"{base}/patient_ids")
+            for col in ("labels", "raw_labels"):
+                if be.shape(f"{base}/{col}") != n:
+                    problems.append(f"table {name}: {col} length differs from patient_ids")
+        else:
+            problems.append(f"table {name}: unknown kind {kind!r}")
 
     def summary(self) -> dict:
         """Counts for ``featstore ls``."""

@@ -145,8 +145,14 @@ def read_expression(
     patients = [patient_of(s) for s in sample_ids]
     types = [(parse_barcode(s).sample_type or "") if parse_barcode(s) else "" for s in sample_ids]
     keep = _one_sample_per_patient(sample_ids, patients, types, notes) if primary_only else list(range(len(sample_ids)))
+    with np.errstate(over="ignore"):
+        stored = values[keep].astype(np.float32)
+    if not np.isfinite(stored).all():  # finite as parsed (float64), but beyond float32's range
+        r, c = (int(v) for v in np.argwhere(~np.isfinite(stored))[0])
+        raise InputError(f"{path}: value {float(values[keep[r], c])!r} of sample {sample_ids[keep[r]]!r}, gene {gene_ids[c]!r} "
+                         "overflows float32, the stored type (beyond about ±3.4e38)")
     table = ExpressionTable(
-        values=values[keep].astype(np.float32),
+        values=stored,
         sample_ids=[sample_ids[k] for k in keep],
         gene_ids=stripped,
         patient_ids=[patients[k] for k in keep],

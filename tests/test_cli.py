@@ -39,6 +39,13 @@ def test_featstore_commands(tmp_path):
     assert (tmp_path / "run" / "metrics.json").exists() and "Basal_Her2" in r.output
 
 
+def test_the_suite_reads_only_the_data_bundled_in_the_project():
+    from . import conftest
+
+    paths = [v for k, v in vars(conftest).items() if k.isupper() and hasattr(v, "resolve") and k != "ROOT"]
+    assert paths and all(p.resolve().is_relative_to(ROOT / "data") and p.exists() for p in paths), paths
+
+
 def test_every_option_of_every_command_has_help():
     import typer.main
 
@@ -50,6 +57,9 @@ def test_every_option_of_every_command_has_help():
                 if not getattr(p, "help", None):
                     missing.append(f"{group.name or ''} {name} {p.opts[0] if p.opts else p.name}")
     assert not missing, missing
+    # One word, one meaning: --split is the CV grouping (cv, bench); simulate's signal share is --image-share.
+    simulate = {o for p in typer.main.get_command(fusion_app).commands["simulate"].params for o in p.opts}
+    assert "--image-share" in simulate and "--split" not in simulate
 
 
 def test_errors_are_one_line_and_a_mistyped_store_is_never_created(tmp_path):

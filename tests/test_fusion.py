@@ -281,3 +281,28 @@ def test_modality_check_shuffles_each_model_within_its_own_test_fold():
         others = np.setdiff1d(np.arange(40), rows)
         np.testing.assert_array_equal(perm[i, others], others)
         assert sorted(perm[i, rows]) == sorted(rows) and (perm[i, rows] != rows).any()
+
+
+def test_a_cohort_too_small_for_its_folds_gets_our_message(tmp_path):
+    path = tmp_path / "tiny.zarr"
+    simulate_cohort(path, patients=12, patches=4, dim=8, genes=10, seed=0).close()
+    with pytest.raises(ValueError, match=r"cohort too small for 2 folds with an inner validation split of 15%: .*"
+                                         r"the smallest K that works is \d+ \(--folds \d+\)"):
+        cv(path, "logreg", CVOptions(label_map=None, folds=2))
+
+
+def test_point_estimates_sit_inside_their_cis_and_tables_round_to_three_decimals(sim_split, tmp_path):
+    import re
+
+    rows, runs = bench(sim_split, ["logreg", "image_mean"], CVOptions(label_map=None, repeats=2, train=FAST),
+                       out=tmp_path)
+    for r in rows:
+        for m in ("roc_auc", "pr_auc", "f1", "balanced_accuracy"):
+            assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["head"], m)
+        assert r["roc_auc"] == runs[r["head"]].metrics["summary"]["roc_auc"]["pooled"]
+    board = (tmp_path / "leaderboard.md").read_text()
+    row = next(ln for ln in board.splitlines() if ln.startswith("| logreg"))
+    numbers = re.findall(r"\d+\.\d+", row.split("|")[3] + row.split("|")[4])
+    assert numbers and all(len(n.split(".")[1]) == 3 for n in numbers), row
+    m = json.loads((tmp_path / "logreg" / "metrics.json").read_text())
+    assert len(repr(m["summary"]["roc_auc"]["pooled"]).split(".")[1]) > 3  # full precision in JSON

@@ -1,0 +1,107 @@
+"""Nothing silently wrong: a lost, garbled or unreadable chunk and a lost zarr.json are found and named."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import featstore
+from cli import featstore_app, fusion_app
+from featstore.errors import StoreError
+from fusion.cohort import load_cohort
+from fusion.simulate import simulate_cohort
+from fusion.views import build_view
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+@pytest.fixture()
+def sim(tmp_path):
+    path = tmp_path / "sim.zarr"
+    simulate_cohort(path, patients=40, patches=12, dim=16, genes=20, seed=1).close()
+    # A cached view too, so its tokens are covered as well.
+    with featstore.open(path, "a") as s:
+        cohort = load_cohort(s, label_map=None)
+        build_view(s, cohort.feature_set, cohort.slides, k=4)
+    return path
+
+
+def _slide_dir(path):
+    return path / "features" / "simulated" / "slides" / "SIM-00000-SIM"
+
+
+@pytest.mark.parametrize("array", ["features", "coords", "tissue_fraction"])
+def test_a_deleted_chunk_is_named_by_validate_and_never_read_as_zeros(sim, array):
+    key = "c/0" if array == "tissue_fraction" else "c/0/0"
+    (_slide_dir(sim) / array / key).unlink()
+    r = runner.invoke(featstore_app, ["validate", str(sim)])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("✗")]
+    assert lines == [f"✗ feature set simulated, slide SIM-00000-SIM, array {array}: 1 chunk file(s) missing ({key})"], r.output
+    with featstore.open(sim) as s, pytest.raises(StoreError, match=f"slide SIM-00000-SIM, array '{array}'"):
+        s.read_slide(None, "SIM-00000-SIM")
+    # A new view (another K) has to read the slide: the run stops and names it.
+    r = runner.invoke(fusion_app, ["cv", str(sim), "--head", "concat", "--label-map", "none", "--folds", "2",
+                                   "--view-k", "3"])
+    assert r.exit_code == 1 and "SIM-00000-SIM" in r.output
+
+
+def test_a_deleted_view_chunk_and_a_deleted_zarr_json_are_named(sim):
+    view = next(d for d in (sim / "views").iterdir() if d.is_dir())
+    (view / "tokens" / "c" / "0" / "0" / "0").unlink()
+    (_slide_dir(sim) / "zarr.json").unlink()
+    r = runner.invoke(featstore_app, ["validate", str(sim)])
+    assert r.exit_code == 1
+    out = r.output
+    assert f"view {view.name}, array tokens: 1 chunk file(s) missing" in out
+    assert "slide SIM-00000-SIM: zarr.json missing" in out
+    assert "Traceback" not in out
+
+
+def test_a_garbled_chunk_is_one_line_in_validate_deep_and_an_error_on_read(sim):
+    chunk = _slide_dir(sim) / "features" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)
+    chunk.write_bytes(bytes(data))
+    r = runner.invoke(featstore_app, ["validate", str(sim), "--deep"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("✗")]
+    assert len(lines) == 1 and "slide SIM-00000-SIM, array features" in lines[0], r.output
+    with featstore.open(sim) as s, pytest.raises(StoreError, match="SIM-00000-SIM"):
+        s.read_slide(None, "SIM-00000-SIM")
+
+
+def test_a_rewritten_chunk_fails_the_digest(tmp_path):
+    """A chunk replaced by valid data of another slide decodes fine: only the digest notices."""
+    path = tmp_path / "s.zarr"
+    simulate_cohort(path, patients=10, patches=6, dim=8, genes=5, seed=1).close()
+    slides = path / "features" / "simulated" / "slides"
+    shutil.copy(slides / "SIM-00001-SIM" / "features" / "c" / "0" / "0", slides / "SIM-00000-SIM" / "features" / "c" / "0" / "0")
+    with featstore.open(path) as s:
+        assert s.validate() == []  # every chunk is there
+        assert any("content differs from the digest" in p for p in s.validate(deep=True))
+
+
+def test_overflow_after_the_cast_is_refused_for_expression_and_features(tmp_path):
+    from featstore.errors import InputError
+    from featstore.store import ExpressionTable
+    from featstore.tables import read_expression
+
+    table_file = tmp_path / "e.csv"
+    table_file.write_text("sample_id,G1,G2\nS1,1,2\nS2,3,1e39\n")
+    with pytest.raises(InputError, match=r"e.csv: value 1e\+39 of sample 'S2', gene 'G2' overflows float32"):
+        read_expression(table_file)
+
+    with featstore.open(tmp_path / "s.zarr", "a") as s:
+        table = ExpressionTable(np.array([[1.0, 1e39]]), ["S1"], ["G1", "G2"], ["S1"], [""])
+        with pytest.raises(ValueError, match="sample 'S1', gene 'G2' is 1e\\+39, not finite as float32"):
+            s.write_expression("expression", table)
+        s.create_feature_set("f", {"dim": 2}, "h")
+        writer = s.begin_slide("f", "S1", 2, 2, "float16")
+        with pytest.raises(ValueError, match="feature row 1, column 0 is not finite as float16"):
+            writer.write(np.array([[1.0, 2.0], [70000.0, 1.0]], np.float32), np.zeros((2, 2), np.int64), np.ones(2))
+        writer.abort()
+        assert s.tables() == [] and s.slides("f") == [] and s.validate() == []
