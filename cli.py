@@ -380,6 +380,7 @@ _CV_OPTIONS: list[tuple[str, type, object]] = [
     ("top_genes", int, typer.Option(2000, help="Most variable genes kept (fitted per fold)")),
     ("threads", Optional[int], typer.Option(None, help="CPU threads for torch/XGBoost")),
     ("snn", bool, typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)")),
+    ("strict", bool, typer.Option(False, help="With --missing mask, refuse when having a modality predicts the label")),
 ]
 
 
@@ -400,7 +401,7 @@ def _with_cv_options(fn):
         opts = CVOptions(features=o["features"], genes=o["genes"], labels=o["labels"],
                          label_map=None if o["label_map"] == "none" else o["label_map"], folds=o["folds"],
                          repeats=o["repeats"], seed=o["seed"], split=o["split"], splits_file=o["splits"],
-                         exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"],
+                         exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"], strict=o["strict"],
                          train=TrainConfig(epochs=o["epochs"], top_genes=o["top_genes"], threads=o["threads"],
                                            snn=o["snn"], seed=o["seed"]))
         return fn(*args, opts=opts, **kwargs)
@@ -434,6 +435,8 @@ def _print_summary(metrics: dict) -> None:
                   f"dropped for a missing modality {c['dropped_missing_modality']}; excluded labels "
                   f"{c['excluded_labels']}")
     console.print(f"genes: {metrics['genes']}; {metrics['params']:,} parameters per model; {metrics['seconds']:.1f} s")
+    for w in metrics.get("warnings", []):
+        err.print(w, style="bold red", soft_wrap=True, highlight=False, markup=False)
     for modality, chk in metrics.get("modality_check", {}).items():
         colour = "green" if chk["informative"] else "red"
         console.print(f"modality check, {modality} shuffled within test folds: ROC-AUC drop {chk['roc_auc_drop']:.3f} "

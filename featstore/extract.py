@@ -34,7 +34,7 @@ from featstore.encoders import Encoder, build_encoder
 from featstore.errors import DeviceError
 from featstore.provenance import config_hash, file_fingerprint, library_versions
 from featstore.slides import SLIDE_SUFFIXES, SlideError, open_slide
-from featstore.store import Store, StoreError, check_name, now_iso
+from featstore.store import Store, StoreError, check_name, now_iso, open_beside_store
 from featstore.store import open as open_store
 from featstore.tiling import Geometry, grid, tissue_fractions
 from featstore.tissue import tissue_mask
@@ -159,8 +159,11 @@ def _spec(path: Path, slide_id: str | None = None, patient_id: str | None = None
 
 
 def _read_manifest(path: Path) -> list[SlideSpec]:
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8") from exc
     if not rows or "slide_path" not in rows[0]:
         raise ValueError(f"{path}: a manifest needs a 'slide_path' column (optional: slide_id, patient_id, mpp)")
     out = []
@@ -541,7 +544,7 @@ class _EventLog:
     def __call__(self, event: str, **data: Any) -> None:
         record = {"time": now_iso(), "event": event, "pid": os.getpid(), **data}
         with self._lock:
-            with self.path.open("a") as fh:
+            with os.fdopen(open_beside_store(self.path, os.O_WRONLY | os.O_APPEND), "a") as fh:
                 fh.write(json.dumps(record, default=str) + "\n")
             if self.on_event is not None:
                 self.on_event(record)

@@ -49,6 +49,17 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def open_beside_store(path: Path, flags: int) -> int:
+    """Open (creating) a file kept beside a store, the lock or the event log, refusing a symlink: a planted
+    link would make us truncate or append to whatever it points at."""
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; refusing to write through it (remove it)") from exc
+        raise
+
+
 def _row_chunks(n_rows: int, row_bytes: int) -> int:
     return int(max(1, min(n_rows, max(256, _TARGET_CHUNK_BYTES // max(row_bytes, 1)))))
 
@@ -159,18 +170,21 @@ class _HDF5Backend:
             self._take_lock()
         try:
             self._file = h5py.File(path, "r" if mode == "r" else ("w" if mode == "w" else "a"))
-        except (OSError, BlockingIOError) as exc:
+        except OSError as exc:
             self._release_lock()
-            if "lock" in str(exc).lower():
+            # HDF5's own file lock fails with EAGAIN/EWOULDBLOCK (h5py raises BlockingIOError); anything else
+            # is the file itself: truncated, corrupt, or not HDF5.
+            if isinstance(exc, BlockingIOError) or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                 raise StoreLockedError(
                     f"HDF5 store {path} is open for writing by another process; HDF5 allows one "
                     "writer at a time (use a .zarr store for concurrent writers)"
                 ) from exc
-            raise StoreError(f"cannot open HDF5 store {path}: {exc}") from exc
+            raise StoreError(f"HDF5 store {path} cannot be opened: the file is truncated or corrupt, or not HDF5 "
+                             f"({exc})") from exc
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_beside_store(lock_path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -33,9 +33,10 @@ POSITIVE_CLASS = {"pam50-binary": "Basal_Her2"}
 def _open_text(path: Path) -> io.TextIOBase:
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    # utf-8-sig: a byte-order mark (Excel's CSV export) is dropped, not read into the first header.
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
 
 
 def _delimiter(path: Path, first_line: str) -> str:
@@ -50,8 +51,12 @@ def _delimiter(path: Path, first_line: str) -> str:
 def read_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV/TSV (optionally gzipped) file."""
     path = Path(path)
-    with _open_text(path) as fh:
-        text = fh.read()
+    try:
+        with _open_text(path) as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8") from exc
     if not text.strip():
         raise InputError(f"{path}: the file is empty")
     delim = _delimiter(path, text.split("\n", 1)[0])

@@ -43,6 +43,7 @@ class CVOptions:
     view_k: int = 16
     view_method: str = "kmeans"
     bootstrap: int = 1000
+    strict: bool = False  # refuse a run whose missing-modality pattern alone predicts the label
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -88,6 +89,8 @@ def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, Vi
 def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
              out: Path | None = None, simulated: bool = False) -> CVRun:
     spec = get_head(head)
+    if opts.strict and opts.missing == "mask" and (leak := missingness_leak(cohort, spec.modalities)):
+        raise ValueError(leak["warning"].replace("WARNING: ", "--strict: ", 1))
     exclude, gene_note = _exclusion(opts, cohort) if GENES in spec.modalities else (None, "no genes used")
     result = cross_validate(cohort, head, assign, view, opts.train, exclude)
     folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed)
@@ -104,9 +107,38 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     }
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
+    leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
+    if leak:
+        metrics["missingness_leak"] = leak
+        metrics.setdefault("warnings", []).append(leak["warning"])
     if out is not None:
         write_cv(Path(out), result, metrics)
     return CVRun(result, metrics, cohort)
+
+
+LEAK_AUC = 0.6
+
+
+def missingness_leak(cohort: Cohort, modalities: frozenset[str]) -> dict | None:
+    """With ``--missing mask``, whether having a modality at all predicts the label: if only one class has
+    images, "has an image" is a perfect classifier and a head will score it. ROC-AUC of each presence
+    indicator (either direction); above LEAK_AUC it is reported."""
+    from fusion.metrics import roc_auc
+
+    present = {GENES: cohort.has_genes, IMAGE: cohort.has_image}
+    aucs = {}
+    for m in sorted(modalities):
+        if present[m].all() or not present[m].any():
+            continue
+        a = float(roc_auc(cohort.y, present[m].astype(float))[0])
+        aucs[m] = max(a, 1 - a)
+    worst = max(aucs, key=aucs.get, default=None)
+    if worst is None or aucs[worst] <= LEAK_AUC:
+        return None
+    return {"presence_roc_auc": aucs, "warning": (
+        f"WARNING: whether a patient has {worst} data predicts the label by itself (ROC-AUC {aucs[worst]:.3f} > "
+        f"{LEAK_AUC}); with --missing mask a head can score that instead of the data. Use --missing drop, or "
+        "make missingness unrelated to the label")}
 
 
 def modality_check(y: np.ndarray, result: CVResult, opts: CVOptions) -> dict:
@@ -182,5 +214,7 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
                 f"{opts.split}-level CV, {time.perf_counter() - t0:.1f} s in all.")
         if simulated:
             note += " Image bags and/or genes are SIMULATED (fusion simulate): see the store's provenance."
+        for w in dict.fromkeys(w for r in runs.values() for w in r.metrics.get("warnings", [])):
+            note += f"\n\n**{w}**"
         write_leaderboard(Path(out), rows, cohort.classes[1], note)
     return rows, runs

@@ -105,3 +105,61 @@ def test_overflow_after_the_cast_is_refused_for_expression_and_features(tmp_path
             writer.write(np.array([[1.0, 2.0], [70000.0, 1.0]], np.float32), np.zeros((2, 2), np.int64), np.ones(2))
         writer.abort()
         assert s.tables() == [] and s.slides("f") == [] and s.validate() == []
+
+
+def test_missing_modality_that_predicts_the_label_is_flagged_and_refused_with_strict(tmp_path):
+    """Only negative patients keep their images: "has an image" alone would score ROC-AUC 1.0."""
+    path = tmp_path / "leak.zarr"
+    simulate_cohort(path, patients=120, patches=8, dim=8, genes=10, image_signal=0.0, gene_signal=0.0, seed=2).close()
+    with featstore.open(path, "a") as s:
+        lab = dict(zip(s.read_labels().patient_ids, s.read_labels().labels))
+        for sid in s.slides("simulated"):
+            if lab[s.slide_attrs("simulated", sid)["patient_id"]] == "Positive":
+                s.delete_slide("simulated", sid)
+    from fusion.api import CVOptions, bench, cv
+
+    run = cv(path, "late", CVOptions(label_map=None, missing="mask", bootstrap=100))
+    leak = run.metrics["missingness_leak"]
+    assert leak["presence_roc_auc"]["image"] == 1.0
+    assert any("predicts the label by itself" in w for w in run.metrics["warnings"])
+    rows, _ = bench(path, ["logreg", "late"], CVOptions(label_map=None, missing="mask", bootstrap=100), out=tmp_path / "b")
+    assert "predicts the label by itself" in (tmp_path / "b" / "leaderboard.md").read_text()
+    with pytest.raises(ValueError, match="--strict: whether a patient has image data predicts the label"):
+        cv(path, "late", CVOptions(label_map=None, missing="mask", strict=True))
+    # Dropping patients without the modality removes the leak: no warning.
+    assert "missingness_leak" not in cv(path, "logreg", CVOptions(label_map=None, bootstrap=100)).metrics
+
+
+def test_hdf5_truncated_is_not_called_locked_and_files_beside_the_store_refuse_symlinks(tmp_path):
+    import os
+
+    from featstore.errors import StoreLockedError
+
+    h5 = tmp_path / "s.h5"
+    with featstore.open(h5, "a") as s:
+        s.write_labels("labels", featstore.LabelTable(["P1", "P2"], ["a", "b"], ["a", "b"]))
+    data = h5.read_bytes()
+    h5.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match="truncated or corrupt") as info:
+        featstore.open(h5)
+    assert not isinstance(info.value, StoreLockedError)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    other = tmp_path / "o.h5"
+    os.symlink(victim, tmp_path / "o.h5.lock")
+    with pytest.raises(StoreError, match="symbolic link; refusing"):
+        featstore.open(other, "a")
+    assert victim.read_text() == "precious\n"
+
+
+def test_bom_headers_are_stripped_and_latin1_names_the_file(tmp_path):
+    from featstore.errors import InputError
+    from featstore.tables import read_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffpatient_id,label\nP1,LumA\nP2,Basal\n".encode())
+    assert read_labels(bom)[0].patient_ids == ["P1", "P2"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("patient_id,label\nP\xe9,LumA\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin.csv: not UTF-8 text"):
+        read_labels(latin)
