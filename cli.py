@@ -276,6 +276,8 @@ def extract(
     reader: Annotated[str, typer.Option(help="auto (SVS and tiled TIFF tiles decoded directly, checked against "
                                              "OpenSlide) | openslide (every pixel through OpenSlide)")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Patches per forward pass")] = 64,
+    max_patches: Annotated[int, typer.Option(help="Refuse a slide whose patch grid (before the tissue mask) is "
+                                                  "larger: a declared size no real slide has")] = 2_000_000,
     num_workers: Annotated[Optional[int], typer.Option(help="Reader processes (default: cores - 1, at most 12)")] = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
@@ -295,7 +297,7 @@ def extract(
             _fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
-                           min_tissue=min_tissue, precision=precision, reader=reader)
+                           min_tissue=min_tissue, precision=precision, reader=reader, max_patches=max_patches)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")

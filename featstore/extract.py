@@ -65,6 +65,8 @@ class ExtractConfig:
     thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
     reader: str = "auto"  # "openslide": every pixel through OpenSlide (see featstore.tifftiles)
+    # A bound, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
+    max_patches: int = 2_000_000  # per slide, counted on the grid before the tissue mask
 
     def __post_init__(self) -> None:
         if self.target_mpp <= 0:
@@ -212,7 +214,20 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
             raise SlideError(f"{spec.slide_id}: no mpp in the slide's metadata; give one in a manifest 'mpp' "
                              "column or with --mpp-default")
         mpp, source = mpp_default, "default"
+    if not math.isfinite(mpp) or mpp <= 0:
+        raise SlideError(f"{spec.slide_id}: mpp {mpp!r} ({source}) is not a finite number > 0")
     geom = Geometry.for_slide(cfg.target_mpp, cfg.patch_size, mpp, reader.level_downsamples)
+    # Bounds before any pixel is read: a declared size is checked against the patch budget and, for
+    # directly decoded TIFFs, against the bytes the file holds.
+    width, height = reader.level_dimensions[0]
+    planned = sum(-(-r.width // geom.patch_size_level0) * -(-r.height // geom.patch_size_level0)
+                  for r in reader.regions())
+    if planned > cfg.max_patches:
+        raise SlideError(f"{spec.slide_id}: declares {width} x {height} px, a grid of {planned:,} patches at "
+                         f"{cfg.target_mpp} µm/px, over the limit of {cfg.max_patches:,} per slide (--max-patches)")
+    if getattr(reader, "declared_bytes", None) == 0:
+        raise SlideError(f"{spec.slide_id}: declares {width} x {height} px but its tiles hold no data "
+                         "(every tile byte count is 0): the file is truncated or not what it says")
     coords, fractions = [], []
     for region in reader.regions():
         thumb, ds = reader.thumbnail(region, cfg.thumbnail_side)
@@ -529,8 +544,12 @@ class PatchEmbedder:
 # The run
 
 
+RUN_ONLY = ("max_patches",)
+
+
 def feature_set_config(cfg: ExtractConfig, encoder: Encoder, precision: str) -> dict:
-    return {**asdict(cfg), "weights": encoder.weights_id, "precision": precision, "dim": encoder.dim,
+    identity = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
+    return {**identity, "weights": encoder.weights_id, "precision": precision, "dim": encoder.dim,
             "mean": list(encoder.mean), "std": list(encoder.std), "pipeline_version": PIPELINE_VERSION,
             "source": "extract"}
 

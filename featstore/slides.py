@@ -150,6 +150,14 @@ class OpenSlideReader(SlideReader):
                 self._slide.close()
                 raise
 
+    @property
+    def declared_bytes(self) -> int | None:
+        """Bytes the level-0 tiles hold, where the file is read directly (None otherwise): 0 for a file that
+        declares a size it has no data for."""
+        if self._direct is None or 0 not in self._direct.levels:
+            return None
+        return int(sum(self._direct.levels[0].page.databytecounts))
+
     def _disagreement(self, tiles: TiffTiles) -> str | None:
         """Why direct decoding cannot stand in for OpenSlide on this slide, or None when they agree.
 

@@ -163,3 +163,19 @@ def test_bom_headers_are_stripped_and_latin1_names_the_file(tmp_path):
     latin.write_bytes("patient_id,label\nP\xe9,LumA\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin.csv: not UTF-8 text"):
         read_labels(latin)
+
+
+def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
+    """The patch grid is counted from the declared size and refused over --max-patches before the tissue
+    thumbnail is read; a non-finite mpp is refused too."""
+    from featstore.extract import ExtractConfig, extract, find_slides
+
+    from .conftest import CMU
+
+    small = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, max_patches=10)
+    report = extract(find_slides([CMU]), tmp_path / "t.zarr", small, num_workers=0)
+    assert "declares 2220 x 2967 px, a grid of 108 patches at 2.0 µm/px" in report.failed["CMU-1-Small-Region"]
+    assert "over the limit of 10 per slide (--max-patches)" in report.failed["CMU-1-Small-Region"]
+    # The bound is not part of the features' identity: the same config with another bound resumes the set.
+    ok = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, num_workers=0).done == ["CMU-1-Small-Region"]
