@@ -19,6 +19,10 @@ class StoreError(FeatstoreError):
     """A store cannot be opened, or holds something other than what was asked for."""
 
 
+class AlreadyCommittedError(StoreError):
+    """Another run committed the same slide first; ours is dropped and theirs kept."""
+
+
 class StoreLockedError(StoreError):
     """Another process holds the write lock of an HDF5 store."""
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.barcodes import patient_of
 from featstore.encoders import Encoder, build_encoder
-from featstore.errors import DeviceError
+from featstore.errors import AlreadyCommittedError, DeviceError
 from featstore.provenance import config_hash, file_fingerprint, library_versions
 from featstore.slides import SLIDE_SUFFIXES, SlideError, open_slide
 from featstore.store import Store, StoreError, check_name, now_iso, open_beside_store
@@ -630,7 +630,6 @@ def extract(
         if overwrite and name in store.feature_sets():
             store.delete_feature_set(name)
         store.create_feature_set(name, fs_config, config_hash(fs_config))
-        store.cleanup_staging()
         todo = _pending(store, name, slides, log, report)
         distributed = scheduler is not None or dask_workers is not None
         if distributed and store.backend_name == "hdf5":
@@ -829,26 +828,31 @@ class _Writer:
         plan: SlidePlan = st["plan"]
         g = plan.geometry
         seconds = time.perf_counter() - st["t0"]
-        st["writer"].commit({
-            "patient_id": spec.patient_id,
-            "slide_path": spec.path,
-            "provenance": {
-                "file": self.fps[idx], "slide_path": spec.path, "slide_mpp": g.slide_mpp,
-                "mpp_source": plan.mpp_source, "target_mpp": g.target_mpp, "patch_size": g.patch_size,
-                "patch_size_level0": g.patch_size_level0, "level": g.level, "read_size": g.read_size,
-                "min_tissue": self.cfg.min_tissue, **self.encoder.provenance(), "precision": self.precision,
-                "device": self.device, "dtype": self.cfg.dtype, "coords": "level-0 pixels, top-left corner (x, y)",
-                "libraries": self.versions, "extracted": now_iso(), "seconds": round(seconds, 3), **plan.info,
-            },
-        })
-        st["writer"] = None
+        writer, st["writer"] = st["writer"], None
+        try:
+            writer.commit({
+                "patient_id": spec.patient_id,
+                "slide_path": spec.path,
+                "provenance": {
+                    "file": self.fps[idx], "slide_path": spec.path, "slide_mpp": g.slide_mpp,
+                    "mpp_source": plan.mpp_source, "target_mpp": g.target_mpp, "patch_size": g.patch_size,
+                    "patch_size_level0": g.patch_size_level0, "level": g.level, "read_size": g.read_size,
+                    "min_tissue": self.cfg.min_tissue, **self.encoder.provenance(), "precision": self.precision,
+                    "device": self.device, "dtype": self.cfg.dtype, "coords": "level-0 pixels, top-left corner (x, y)",
+                    "libraries": self.versions, "extracted": now_iso(), "seconds": round(seconds, 3), **plan.info,
+                },
+            })
+        except AlreadyCommittedError:  # a concurrent run committed this slide first: keep theirs, go on
+            self.report.skipped.append(spec.slide_id)
+            self.log("slide_skipped", slide_id=spec.slide_id, reason="already committed by another run")
+            return
         self.report.done.append(spec.slide_id)
         self.log("slide_done", slide_id=spec.slide_id, patches=int(len(plan.coords)), seconds=round(seconds, 3))
 
     def _settle(self) -> None:
         """At the end of a run every slide is done or failed: one the readers left unfinished (a worker
         that stopped early) is recorded as failed, never dropped without a word."""
-        settled = set(self.report.done) | set(self.report.failed)
+        settled = set(self.report.done) | set(self.report.failed) | set(self.report.skipped)
         for idx, spec in enumerate(self.specs):
             if spec.slide_id not in settled:
                 self._fail(idx, "the readers stopped before this slide was read to the end; run again to redo it")

@@ -32,8 +32,17 @@ def _read_clam_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         coords = coords[0]
     if feats.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(feats):
         raise InputError(f"{path}: features {feats.shape} and coords {coords.shape} do not form N x D and N x 2")
+    for what, arr in (("features", feats), ("coords", coords)):
+        if arr.dtype.kind not in "fiu":
+            raise InputError(f"{path}: {what} hold {arr.dtype} values, not numbers")
+    if len(feats) == 0 or feats.shape[1] == 0:
+        raise InputError(f"{path}: features are {feats.shape[0]} x {feats.shape[1]}: a slide needs at least one "
+                         "patch and one feature")
     if not np.isfinite(feats).all():
         raise InputError(f"{path}: features contain NaN or Inf (first at row {int(np.argwhere(~np.isfinite(feats))[0][0])})")
+    if not np.isfinite(coords).all() or (coords != np.round(coords)).any() or (coords < 0).any():
+        row = int(np.argwhere(~np.isfinite(coords) | (coords != np.round(coords)) | (coords < 0))[0][0])
+        raise InputError(f"{path}: coords must be whole, non-negative level-0 pixels; row {row} is {coords[row].tolist()}")
     return feats, coords.astype(np.int64), attrs
 
 
@@ -58,14 +67,20 @@ def import_features(
     loaded = []
     for f in files:
         feats, coords, attrs = _read_clam_file(f)
-        loaded.append((check_name(f.stem, "slide id"), feats, coords, attrs, f))
+        with np.errstate(over="ignore"):
+            stored = feats.astype(dtype)
+        if not np.isfinite(stored).all():  # finite as read, but beyond the stored type's range
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(stored))[0])
+            raise InputError(f"{f}: feature row {r}, column {c} ({float(feats[r, c])!r}) overflows {dtype}, the stored "
+                             "type (import with dtype float32)")
+        loaded.append((check_name(f.stem, "slide id"), stored, coords, attrs, f))
     dims = {x[1].shape[1] for x in loaded}
     if len(dims) > 1:
         raise InputError(f"files disagree on feature dimension: {sorted(dims)}")
     config = {"source": "import", "format": "clam", "encoder": encoder, "dim": dims.pop(), "dtype": dtype}
     store.create_feature_set(name, config, config_hash(config))
-    for sid, feats, coords, attrs, f in loaded:
-        store.write_slide(name, sid, feats.astype(dtype), coords, None, {
+    for sid, stored, coords, attrs, f in loaded:
+        store.write_slide(name, sid, stored, coords, None, {
             "patient_id": (patient_map or {}).get(sid, patient_of(sid)),
             "provenance": {"imported_from": str(f), "file": file_fingerprint(f), "source_attrs": attrs,
                            "imported": now_iso()},

@@ -23,16 +23,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 
 from featstore import integrity
-from featstore.errors import StoreError, StoreLockedError
+from featstore.errors import AlreadyCommittedError, StoreError, StoreLockedError
 
 SCHEMA_VERSION = 1
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
 _STAGING = "_staging"
+_ASIDE = "__replaces__"  # a staging entry holding an object moved aside while its replacement goes in
 _TARGET_CHUNK_BYTES = 4 << 20
 
 
@@ -40,13 +42,29 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+MAX_NAME = 200
+_RESERVED = {"zarr.json"}  # the metadata document of every Zarr v3 node
+
+
 def check_name(name: str, what: str) -> str:
-    """Names become path components in both backends; reject those that would not round-trip."""
+    """Names become path components in both backends; reject those that would not round-trip or would
+    collide with the layout's own names (checked when slides are planned, so a bad name fails before
+    any compute)."""
     if not isinstance(name, str) or not name or name.strip() != name:
         raise ValueError(f"{what} {name!r} must be a non-empty string without surrounding spaces")
     if "/" in name or "\\" in name or name.startswith((".", "_")):
         raise ValueError(f"{what} {name!r} may not contain '/' or start with '.' or '_'")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{what} {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME}")
+    if name in _RESERVED or not name.isprintable():
+        raise ValueError(f"{what} {name!r} is reserved by the store layout or holds unprintable characters")
     return name
+
+
+def _fault_point(step: str) -> None:
+    """A SIGKILL at ``step`` when the test environment asks for it (tests/test_integrity.py); a no-op otherwise."""
+    if os.environ.get("FEATSTORE_TEST_KILL_AT") == step:
+        os.kill(os.getpid(), 9)
 
 
 def open_beside_store(path: Path, flags: int) -> int:
@@ -399,7 +417,18 @@ class SlideWriter:
         }
         be = self._store._backend
         be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests})
-        be.move(self._stage, self._final)
+        # A slide is committed once: a concurrent run that got there first keeps its commit (a redo deletes
+        # the old slide before it starts).
+        if be.has(self._final):
+            self.abort()
+            raise AlreadyCommittedError(f"{self._final}: already committed by another run")
+        try:
+            be.move(self._stage, self._final)
+        except OSError as exc:  # the other run's commit landed between our check and our move
+            self.abort()
+            if be.has(self._final):
+                raise AlreadyCommittedError(f"{self._final}: already committed by another run") from exc
+            raise
         # A success supersedes an earlier failure record of the same slide.
         be.delete(self._final.replace("/slides/", "/failed/"))
         be.flush()
@@ -442,9 +471,9 @@ class Store:
                 raise StoreError(
                     f"{self.path} has schema version {version}; this featstore reads version {SCHEMA_VERSION}"
                 )
-        if self._backend.writable and self.backend_name == "hdf5":
-            # HDF5 holds one writer (locked above), so any staging entry is a dead writer's leftovers.
-            self._backend.delete(_STAGING)
+        if self._backend.writable:
+            # Every writer tidies up after dead ones (and finishes their interrupted replacements).
+            self.cleanup_staging()
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -471,18 +500,43 @@ class Store:
         return path
 
     def cleanup_staging(self) -> int:
-        """Remove staging entries of writers that no longer run; returns how many were removed."""
+        """Remove staging entries of writers that no longer run; returns how many were removed. An object a
+        dead writer had moved aside to replace, and whose replacement never arrived, is put back."""
         self._require_writable()
         removed = 0
         host = socket.gethostname()
         for entry in self._backend.groups(_STAGING):
-            pid, _, rest = entry.partition("_")
+            owner, _, replaced = entry.partition(_ASIDE)
+            pid, _, rest = owner.partition("_")
             same_host = rest.rsplit("_", 1)[0] == host
-            if not same_host or not pid.isdigit() or _pid_alive(int(pid)):
+            # HDF5 takes one writer at a time (we hold its lock): every entry there is a dead writer's.
+            if self.backend_name != "hdf5" and (not same_host or not pid.isdigit() or _pid_alive(int(pid))):
                 continue
-            self._backend.delete(f"{_STAGING}/{entry}")
+            target = unquote(replaced) if replaced else None
+            if target and not self._backend.has(target):
+                self._backend.move(f"{_STAGING}/{entry}", target)
+            else:
+                self._backend.delete(f"{_STAGING}/{entry}")
             removed += 1
         return removed
+
+    def _swap_in(self, stage: str, final: str) -> None:
+        """Replace ``final`` by the complete ``stage``: the old object is moved aside first, into a staging
+        entry that names it, so a kill at any moment leaves the old or the new in place, or the old aside
+        where the next writer puts it back (cleanup_staging); never neither."""
+        be = self._backend
+        if not be.has(final):
+            be.move(stage, final)
+            return
+        aside = f"{stage}{_ASIDE}{quote(final, safe='')}"
+        be.move(final, aside)
+        be.flush()
+        _fault_point("aside")
+        be.move(stage, final)
+        be.flush()
+        _fault_point("swapped")
+        be.delete(aside)
+        be.flush()
 
     def _commit_arrays(self, final: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
         stage = self._new_staging()
@@ -510,7 +564,7 @@ class Store:
                 if data.size:
                     arr[...] = data
             self._backend.set_attrs(stage, {**attrs, "committed": now_iso(), "digests": digests})
-            self._backend.move(stage, final)
+            self._swap_in(stage, final)
         except BaseException:
             self._backend.delete(stage)
             raise

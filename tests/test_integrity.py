@@ -179,3 +179,78 @@ def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
     # The bound is not part of the features' identity: the same config with another bound resumes the set.
     ok = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
     assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, num_workers=0).done == ["CMU-1-Small-Region"]
+
+
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_overwrite_killed_between_its_steps_leaves_the_old_or_the_new_table(tmp_path, suffix):
+    """--overwrite moves the old table aside, then the new one in: a SIGKILL after the first step (a real
+    kill of a real process, at a hook that only a test environment variable arms) leaves the old table
+    aside, and the next writer puts it back; a kill after the second leaves the new one."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    path = tmp_path / f"s.{suffix}"
+    with featstore.open(path, "a") as s:
+        s.write_labels("labels", featstore.LabelTable(["P1", "P2"], ["old", "old"], ["old", "old"]))
+    script = ("import featstore, sys\n"
+              "with featstore.open(sys.argv[1], 'a') as s:\n"
+              "    s.write_labels('labels', featstore.LabelTable(['P1', 'P2'], ['new', 'new'], ['new', 'new']),"
+              " overwrite=True)\n")
+    for step, expected in (("aside", "old"), ("swapped", "new")):
+        env = {**os.environ, "FEATSTORE_TEST_KILL_AT": step}
+        proc = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, env=env, capture_output=True)
+        assert proc.returncode == -9, proc.stderr.decode()
+        with featstore.open(path, "a") as s:  # a writer: it finishes the dead one's replacement
+            assert s.read_labels("labels").labels == [expected, expected], step
+            assert s.validate() == []
+        with featstore.open(path) as s:
+            assert s.tables() == ["labels"]
+
+
+def test_bad_names_fail_when_slides_are_planned_not_after_the_compute(tmp_path):
+    from featstore.extract import ExtractConfig, extract, find_slides
+
+    from .conftest import CMU
+
+    for sid, why in (("zarr.json", "reserved by the store layout"), ("x" * 300, "300 characters long; at most 200")):
+        manifest = tmp_path / "m.csv"
+        manifest.write_text(f"slide_path,slide_id\n{CMU},{sid}\n")
+        with pytest.raises(ValueError, match=why):
+            find_slides([manifest])
+    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    with pytest.raises(ValueError, match="feature set name 'zarr.json' is reserved"):
+        extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, name="zarr.json", num_workers=0)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_slide_committed_by_another_run_first_is_kept_and_ours_is_skipped(tmp_path):
+    """Two runs extract the same slide: the one that commits second sees the first's commit, says so and goes on."""
+    from featstore.extract import ExtractConfig, extract, find_slides
+
+    from .conftest import CMU
+
+    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    store = tmp_path / "s.zarr"
+    assert extract(find_slides([CMU]), store, cfg, num_workers=0).done == ["CMU-1-Small-Region"]
+    with featstore.open(store) as s:
+        first = s.slide_attrs(None, "CMU-1-Small-Region")["committed"]
+    events = []
+
+    def other_run_commits_first(e):  # the moment our run starts the slide, "another run" commits it
+        if e["event"] == "slide_started":
+            with featstore.open(store, "a") as s:
+                s.delete_slide("resnet50-trunc", "CMU-1-Small-Region")
+            assert extract(find_slides([CMU]), store, cfg, num_workers=0).done == ["CMU-1-Small-Region"]
+        events.append(e)
+
+    with featstore.open(store, "a") as s:
+        s.delete_slide("resnet50-trunc", "CMU-1-Small-Region")
+    report = extract(find_slides([CMU]), store, cfg, num_workers=0, on_event=other_run_commits_first)
+    assert report.skipped == ["CMU-1-Small-Region"] and report.failed == {} and report.done == []
+    assert any(e["event"] == "slide_skipped" and e["reason"] == "already committed by another run" for e in events)
+    with featstore.open(store) as s:
+        assert s.slide_attrs(None, "CMU-1-Small-Region")["committed"] >= first
+        assert s.validate() == []

@@ -55,9 +55,26 @@ def test_bad_clam_files_leave_store_unchanged(tmp_path, store_path):
         f.create_dataset("coords", data=np.zeros((4, 2)))
     not_h5 = tmp_path / "junk.h5"
     not_h5.write_bytes(b"not hdf5")
+
+    def clam(name, feats, coords):
+        path = tmp_path / f"{name}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("features", data=feats)
+            f.create_dataset("coords", data=coords)
+        return path
+
+    degenerate = [
+        (clam("empty", np.zeros((0, 8)), np.zeros((0, 2))), r"features are 0 x 8: a slide needs at least one patch"),
+        (clam("nodim", np.zeros((3, 0)), np.zeros((3, 2))), r"features are 3 x 0"),
+        (clam("nancoord", np.zeros((2, 8)), np.array([[0, 0], [np.nan, 1]])), r"coords must be whole.*row 1"),
+        (clam("negcoord", np.zeros((2, 8)), np.array([[0, 0], [-5, 1]])), r"non-negative level-0 pixels; row 1"),
+        (clam("floatcoord", np.zeros((2, 8)), np.array([[0, 0], [2.5, 1]])), r"coords must be whole.*row 1"),
+        (clam("strings", np.array([["a"] * 8] * 2, dtype="S1"), np.zeros((2, 2))), r"features hold \|S1 values, not numbers"),
+        (clam("overflow", np.full((2, 8), 1e5, np.float32), np.zeros((2, 2))), r"row 0, column 0 \(100000.0\) overflows float16"),
+    ]
     with featstore.open(store_path, "a") as s:
         for bad, msg in ((no_coords, "no dataset 'coords'"), (mismatch, r"do not form N x D and N x 2"),
-                         (not_h5, "not a readable HDF5 file")):
+                         (not_h5, "not a readable HDF5 file"), *degenerate):
             with pytest.raises(InputError, match=msg):
                 import_features(s, [good, bad], "x")
             assert s.feature_sets() == []
