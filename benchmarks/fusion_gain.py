@@ -111,6 +111,8 @@ def heatmap(results: dict[str, dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="200-patient cells only")
+    ap.add_argument("--patients", type=int, nargs="+", default=None, help="patient counts (default: 200 1000)")
+    ap.add_argument("--only", nargs="+", default=None, help="run only cells whose name contains one of these")
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     args = ap.parse_args()
@@ -119,31 +121,42 @@ def main() -> None:
     t_all = time.perf_counter()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, kw) in enumerate(cells([200] if args.quick else [200, 1000])):
+        grid = cells(args.patients or ([200] if args.quick else [200, 1000]))
+        if args.only:
+            grid = [(n, kw) for n, kw in grid if any(o in n for o in args.only)]
+        for i, (name, kw) in enumerate(grid):
             store = Path(tmp) / f"cell{i}.zarr"
             simulate_cohort(store, **{**COMMON, **kw}).close()
             results[name] = run_cell(store, None, args.bootstrap)
             print(f"{name}: best unimodal {results[name]['best']}, "
                   + ", ".join(f"{h} {g[0]:+.3f}" for h, g in results[name]["gaps"].items())
                   + f" ({results[name]['seconds']:.0f} s)", flush=True)
+            write_report(results, args, (time.perf_counter() - t_all) / 60)
         name = "REAL mixOmics TCGA-BRCA genes, null image"
-        results[name] = run_cell(real_store(Path(tmp) / "real.zarr"), "pam50-binary", args.bootstrap)
+        if not args.only or any(o in name for o in args.only):
+            results[name] = run_cell(real_store(Path(tmp) / "real.zarr"), "pam50-binary", args.bootstrap)
         print(f"{name}: best unimodal {results[name]['best']}", flush=True)
-    minutes = (time.perf_counter() - t_all) / 60
+    write_report(results, args, (time.perf_counter() - t_all) / 60, final=True)
+
+
+def write_report(results: dict[str, dict], args, minutes: float, final: bool = False) -> None:
+    """Written after every cell, so a run cut short still leaves what it measured."""
     heads = list(HEADS)
     fusion = [h for h in heads if HEADS[h].multimodal]
     lines = [f"# Fusion gain over the best unimodal head ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/fusion_gain.py{' --quick' if args.quick else ''}`: "
+             f"`python benchmarks/fusion_gain.py {' '.join(sys.argv[1:])}`".replace(" `", "`") + ": "
              f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, {minutes:.1f} min. "
              "SIMULATED cohorts (fusion/simulate.py) with "
              f"{COMMON['patches']} patches x {COMMON['dim']} dims per bag, {COMMON['genes']} genes of which "
              f"{COMMON['n_informative_genes']} informative; 5-fold patient-level CV, seed 0, default hyper-parameters. "
-             "The last cell is REAL expression with pure-noise image bags.", "",
+             "The REAL cell is real expression with pure-noise image bags."
+             + ("" if final else " (Run in progress: the cells measured so far.)"), "",
              "ROC-AUC of the pooled out-of-fold predictions per head; for each fusion head, its difference to the "
              "best unimodal head with a paired patient-bootstrap 95% CI. `*`: the modality check found an input "
              "*not* informative (g: genes, i: image).", "",
              "| cell | best unimodal | " + " | ".join(heads) + " | " + " | ".join(f"{h} − best" for h in fusion) + " |",
              "|---" * (2 + len(heads) + len(fusion)) + "|"]
+
     def flag(r: dict, h: str) -> str:
         bad = [m[0] for m, ok in r["checks"].get(h, {}).items() if not ok]
         return f" *{''.join(bad)}" if bad else ""
@@ -155,7 +168,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fusion_gain.md").write_text("\n".join(lines) + "\n")
     heatmap(results, args.out / "fusion_gain.png")
-    print("\n".join(lines))
+    if final:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

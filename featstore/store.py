@@ -351,8 +351,11 @@ class SlideWriter:
 
     def __init__(self, store: Store, final_path: str, n: int, dim: int, dtype: str):
         self._store, self._final = store, final_path
-        self._stage = store._new_staging()
         be = store._backend
+        # The commit this writer may replace (a redo of a changed slide); any other commit that appears at
+        # the final path meanwhile is a concurrent run's, and is kept.
+        self._replaces = be.attrs(final_path).get("commit_id") if be.has(final_path) else None
+        self._stage = store._new_staging()
         self._rows = _row_chunks(n, dim * np.dtype(dtype).itemsize)
         self._features = be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim))
         self._small = {
@@ -416,14 +419,14 @@ class SlideWriter:
             "coords": integrity.record(self._coords), "tissue_fraction": integrity.record(self._tissue),
         }
         be = self._store._backend
-        be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests})
-        # A slide is committed once: a concurrent run that got there first keeps its commit (a redo deletes
-        # the old slide before it starts).
-        if be.has(self._final):
+        be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests,
+                                   "commit_id": uuid.uuid4().hex})
+        current = be.attrs(self._final).get("commit_id") if be.has(self._final) else None
+        if current is not None and current != self._replaces:
             self.abort()
             raise AlreadyCommittedError(f"{self._final}: already committed by another run")
         try:
-            be.move(self._stage, self._final)
+            self._store._swap_in(self._stage, self._final)
         except OSError as exc:  # the other run's commit landed between our check and our move
             self.abort()
             if be.has(self._final):

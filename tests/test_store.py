@@ -133,11 +133,12 @@ def test_validate_reports_problems(tmp_path):
         s.create_feature_set("f", {}, "h")
         bad = np.ones((3, 2), np.float32)
         bad[1, 1] = np.nan
-        s.write_slide("f", "nan", bad, np.zeros((3, 2)), None, {"patient_id": "P", "provenance": {}})
+        with pytest.raises(ValueError, match="slides/nan: feature row 1, column 1 is not finite"):
+            s.write_slide("f", "nan", bad, np.zeros((3, 2)), None, {"patient_id": "P", "provenance": {}})
         s.write_slide("f", "noprov", np.ones((3, 2), np.float32), np.zeros((3, 2)), None, {"patient_id": "P"})
         problems = s.validate()
-    assert any("slide nan" in p and "non-finite" in p and "row 1" in p for p in problems)
     assert any("slide noprov" in p and "provenance" in p for p in problems)
+    assert not any("slide nan" in p for p in problems)
 
 
 WRITER = textwrap.dedent("""
