@@ -131,14 +131,17 @@ def permutation_importance(y: np.ndarray, oof: np.ndarray, permuted: np.ndarray,
     """Drop in ``metric`` when one input is shuffled within each test fold, with a paired patient bootstrap.
 
     ``permuted`` holds ``(permutations, R, P)`` predictions; the drop is the intact metric minus the mean
-    over permutations, each bootstrap resample scoring intact and permuted predictions on the same
-    patients. The input is *informative* when the lower CI bound is above 0: a head that ignores an
-    input, or whose use of it does not help, gets a CI that covers 0.
+    over permutations. Each bootstrap resample scores the intact predictions and *one* permutation drawn
+    at random on the same patients, so the CI carries both the patients' sampling and the shuffle's own
+    randomness (a mean over a few shuffles alone would make the CI too narrow and call noise informative).
+    The input is *informative* when the lower CI bound is above 0: a head that ignores an input, or whose
+    use of it does not help, gets a CI that covers 0.
     """
     idx = bootstrap_indices(len(y), resamples, seed)
     intact = pooled_bootstrap(y, oof, idx=idx)[metric]
-    shuffled = np.mean([pooled_bootstrap(y, p, idx=idx)[metric] for p in permuted], axis=0)
+    shuffled = np.stack([pooled_bootstrap(y, p, idx=idx)[metric] for p in permuted])  # (permutations, resamples)
+    pick = np.random.default_rng([seed, 1]).integers(0, len(permuted), size=resamples)
     drop = pooled_metric(y, oof, metric) - float(np.mean([pooled_metric(y, p, metric) for p in permuted]))
-    lo, hi = np.nanpercentile(intact - shuffled, [2.5, 97.5])
+    lo, hi = np.nanpercentile(intact - shuffled[pick, np.arange(resamples)], [2.5, 97.5])
     return {f"{metric}_drop": _f(drop), "ci95": [_f(lo), _f(hi)], "informative": bool(lo > 0),
             "permutations": int(len(permuted))}
