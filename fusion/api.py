@@ -89,7 +89,8 @@ def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, Vi
 def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
              out: Path | None = None, simulated: bool = False) -> CVRun:
     spec = get_head(head)
-    if opts.strict and opts.missing == "mask" and (leak := missingness_leak(cohort, spec.modalities)):
+    leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
+    if leak and opts.strict:  # refused before any training
         raise ValueError(leak["warning"].replace("WARNING: ", "--strict: ", 1))
     exclude, gene_note = _exclusion(opts, cohort) if GENES in spec.modalities else (None, "no genes used")
     result = cross_validate(cohort, head, assign, view, opts.train, exclude)
@@ -107,7 +108,6 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     }
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
-    leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak:
         metrics["missingness_leak"] = leak
         metrics.setdefault("warnings", []).append(leak["warning"])

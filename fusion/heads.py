@@ -149,12 +149,11 @@ class _FusionHead(nn.Module):
     late fusion of two fitted unimodal models, and early stopping (which scores the warm start too) keeps
     that unless training improves the inner-validation loss. In training, modality dropout removes one
     modality from a share of the patients (its logit and the fusion term), so each path learns to predict
-    alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; ``fuse``
-    returning None makes a pure late-fusion head.
+    alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; one that
+    does not is a pure late-fusion head.
     """
 
     modality_dropout = 0.2
-    fused = True  # False: no fusion term (late fusion)
 
     def __init__(self, models: int, gene_dim: int, token_dim: int, hidden: int = 128, dropout: float = 0.25,
                  snn: bool = False, dim: int = 32):
@@ -189,11 +188,13 @@ class _FusionHead(nn.Module):
         from the start, the fusion term fits noise in one modality before the other's branch has learned
         anything alone (measured: the attention branch on minority-patch bags never started)."""
         self.gate.requires_grad_(False)
-        return [None, lambda: self.gate.requires_grad_(True)] if self.fused else [None]
+        fused = type(self).fuse is not _FusionHead.fuse
+        return [None, lambda: self.gate.requires_grad_(True)] if fused else [None]
 
     def fuse(self, g: torch.Tensor, i: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
              weights: torch.Tensor) -> torch.Tensor | None:
-        raise NotImplementedError
+        """The fusion term's logit, or None for no fusion term."""
+        return None
 
     def forward(self, genes, tokens, mask, weights):
         lg, g = self.genes(genes)
@@ -213,10 +214,7 @@ class _FusionHead(nn.Module):
                "Late fusion: a linear gene logit plus an attention-MIL image logit, trained together with "
                "modality dropout so each stands alone.")
 class Late(_FusionHead):
-    fused = False
-
-    def fuse(self, g, i, tokens, mask, weights):
-        return None
+    """The two unimodal logits, summed: ``_FusionHead`` without a fusion term."""
 
 
 @register_head("concat", {GENES, IMAGE}, "torch",
