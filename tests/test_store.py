@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import featstore
-from featstore.store import StoreError, StoreLockedError
+from featstore.errors import StoreError, StoreLockedError
 from featstore.tables import import_genes, import_labels
 
 from .conftest import MIXOMICS, PAM50_LABELS
