@@ -490,7 +490,23 @@ def patch_loader(stream: _PatchStream, workers: int, pin_memory: bool = False) -
     others have ready.
     """
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers else None, in_order=False)
+                      prefetch_factor=4 if workers else None, in_order=False,
+                      worker_init_fn=_quiet_when_orphaned if workers else None)
+
+
+def _quiet_when_orphaned(worker_id: int) -> None:
+    """A worker whose main process was killed finds out in multiprocessing's resource-sharer thread (which
+    hands tensors over, and reports through sys.excepthook) as a ConnectionResetError traceback on the
+    terminal; it exits anyway (the loader's watchdog), so after the kill that traceback is only noise."""
+    import sys
+
+    parent, default = os.getppid(), sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:
+        if not (issubclass(exc_type, ConnectionError) and os.getppid() != parent):
+            default(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def _reason(exc: BaseException) -> str:

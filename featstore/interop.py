@@ -79,12 +79,14 @@ def import_features(
         raise InputError(f"files disagree on feature dimension: {sorted(dims)}")
     config = {"source": "import", "format": "clam", "encoder": encoder, "dim": dims.pop(), "dtype": dtype}
     store.create_feature_set(name, config, config_hash(config))
+    store.mark_import(name, [x[0] for x in loaded])
     for sid, stored, coords, attrs, f in loaded:
         store.write_slide(name, sid, stored, coords, None, {
             "patient_id": (patient_map or {}).get(sid, patient_of(sid)),
             "provenance": {"imported_from": str(f), "file": file_fingerprint(f), "source_attrs": attrs,
                            "imported": now_iso()},
         })
+    store.mark_import(name, [])
     return [x[0] for x in loaded]
 
 

@@ -23,6 +23,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SLIDE_SUFFIXES = WSI_SUFFIXES + IMAGE_SUFFIXES
 
 
+# Formats only OpenSlide reads (never plain images); a .tif may be either.
+WHOLE_SLIDE_SUFFIXES = tuple(s for s in WSI_SUFFIXES if s not in (".tif", ".tiff", ".dcm"))
+
+
 @dataclass(frozen=True)
 class Region:
     """A rectangle in level-0 pixels that is tiled on its own (a whole slide, or one tile of a folder)."""
@@ -127,9 +131,16 @@ class OpenSlideReader(SlideReader):
         import openslide
 
         self.path = Path(path)
+        # A whole-slide file OpenSlide rejects is damaged, not a plain image: falling back to PIL would read its
+        # first TIFF page and report the wrong problem (no mpp) instead of the real one.
+        whole_slide = self.path.suffix.lower() in WHOLE_SLIDE_SUFFIXES
         try:
-            self._slide = openslide.open_slide(str(self.path))
+            self._slide = (openslide.OpenSlide if whole_slide else openslide.open_slide)(str(self.path))
         except Exception as exc:  # OpenSlideError, PIL's UnidentifiedImageError, OSError, ...
+            if whole_slide:
+                raise SlideError(f"{self.path.name}: OpenSlide cannot read this {self.path.suffix} file ({exc}); it is "
+                                 f"truncated or damaged ({self.path.stat().st_size:,} bytes), or not a whole-slide "
+                                 "image") from exc
             raise SlideError(f"{self.path.name}: cannot open as a slide or image ({type(exc).__name__}: {exc})") from exc
         self.level_dimensions = tuple(self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)

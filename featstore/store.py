@@ -152,8 +152,11 @@ class Store(StoreChecks):
         entry that names it, so a kill at any moment leaves the old or the new in place, or the old aside
         where the next writer puts it back (cleanup_staging); never neither."""
         be = self._backend
+        be.flush()  # the staged object is on disk before it can become visible
+        _fault_point("staged")
         if not be.has(final):
             be.move(stage, final)
+            _fault_point("committed")
             return
         aside = f"{stage}{_ASIDE}{quote(final, safe='')}"
         be.move(final, aside)
@@ -164,6 +167,7 @@ class Store(StoreChecks):
         _fault_point("swapped")
         be.delete(aside)
         be.flush()
+        _fault_point("committed")
 
     def _commit_arrays(self, final: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
         stage = self._new_staging()
@@ -251,6 +255,23 @@ class Store(StoreChecks):
         self._require_writable()
         self._backend.delete(f"features/{name}")
         self._backend.flush()
+
+    def mark_import(self, name: str, pending: list[str]) -> None:
+        """Record the slides an import is about to commit (``[]`` once all are in): an import killed part way
+        leaves a feature set that must not pass for complete (``validate`` and the trainer name it)."""
+        self._require_writable()
+        self._backend.set_attrs(f"features/{name}", {"import_pending": list(pending)})
+        self._backend.flush()
+
+    def interrupted_import(self, name: str) -> str | None:
+        """Why a feature set is an interrupted import, or None."""
+        pending = self.feature_set_info(name).get("import_pending") or []
+        if not pending:
+            return None
+        have = set(self.slides(name))
+        done = sum(s in have for s in pending)
+        return (f"feature set {name}: an import of {len(pending)} slides was interrupted after {done}; rerun the same "
+                "`featstore import-features` command to finish it")
 
     def feature_set_info(self, name: str) -> dict:
         return self._backend.attrs(f"features/{self.resolve('features', name)}")

@@ -26,6 +26,8 @@ class StoreChecks:
             for key in ("config", "config_hash"):
                 if key not in info:
                     problems.append(f"feature set {fs}: attribute {key!r} missing")
+            if why := self.interrupted_import(fs):
+                problems.append(why)
             dim = None
             for sid in self.slides(fs):
                 base = f"features/{fs}/slides/{sid}"

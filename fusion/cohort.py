@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.errors import StoreError
 from featstore.store import Store
 from featstore.tables import read_labels
 
@@ -69,6 +70,8 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
     fs_name = None
     if use_image:
         fs_name = store.resolve("features", features)
+        if why := store.interrupted_import(fs_name):
+            raise StoreError(why)
         for sid in store.slides(fs_name):
             slides[store.slide_attrs(fs_name, sid)["patient_id"]].append(sid)
 

@@ -179,35 +179,24 @@ def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
     # The bound is not part of the features' identity: the same config with another bound resumes the set.
     ok = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
     assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, num_workers=0).done == ["CMU-1-Small-Region"]
+    # A tiled TIFF whose tiles declare no bytes (all TileByteCounts 0) is refused before planning reads a pixel.
+    import tifffile
 
-
-@pytest.mark.parametrize("suffix", ["zarr", "h5"])
-def test_overwrite_killed_between_its_steps_leaves_the_old_or_the_new_table(tmp_path, suffix):
-    """--overwrite moves the old table aside, then the new one in: a SIGKILL after the first step (a real
-    kill of a real process, at a hook that only a test environment variable arms) leaves the old table
-    aside, and the next writer puts it back; a kill after the second leaves the new one."""
-    import os
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
-    path = tmp_path / f"s.{suffix}"
-    with featstore.open(path, "a") as s:
-        s.write_labels("labels", featstore.LabelTable(["P1", "P2"], ["old", "old"], ["old", "old"]))
-    script = ("import featstore, sys\n"
-              "with featstore.open(sys.argv[1], 'a') as s:\n"
-              "    s.write_labels('labels', featstore.LabelTable(['P1', 'P2'], ['new', 'new'], ['new', 'new']),"
-              " overwrite=True)\n")
-    for step, expected in (("aside", "old"), ("swapped", "new")):
-        env = {**os.environ, "FEATSTORE_TEST_KILL_AT": step}
-        proc = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, env=env, capture_output=True)
-        assert proc.returncode == -9, proc.stderr.decode()
-        with featstore.open(path, "a") as s:  # a writer: it finishes the dead one's replacement
-            assert s.read_labels("labels").labels == [expected, expected], step
-            assert s.validate() == []
-        with featstore.open(path) as s:
-            assert s.tables() == ["labels"]
+    img = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "empty.tif") as tif:
+        tif.write(img, tile=(256, 256), compression="jpeg", photometric="rgb")
+        tif.write(img[::8, ::8], tile=(128, 128), compression="jpeg", photometric="rgb", subfiletype=1)
+    with tifffile.TiffFile(tmp_path / "empty.tif", mode="r+") as tif:
+        counts = tif.pages[0].tags["TileByteCounts"]
+        counts.overwrite([0] * len(counts.value))
+    (tmp_path / "m.csv").write_text(f"slide_path,slide_id,mpp\n{tmp_path / 'empty.tif'},empty,0.5\n")
+    report = extract(find_slides([tmp_path / "m.csv"]), tmp_path / "t.zarr", ok, num_workers=0)
+    assert "declares 1024 x 1024 px but its tiles hold no data" in report.failed["empty"]
+    # A truncated .svs is called truncated, not "no mpp" (PIL would open its first page as a plain image).
+    (tmp_path / "cut.svs").write_bytes(CMU.read_bytes()[:1_500_000])
+    report = extract(find_slides([tmp_path / "cut.svs"]), tmp_path / "t.zarr", ok, num_workers=0)
+    assert "OpenSlide cannot read this .svs file" in report.failed["cut"]
+    assert "truncated or damaged (1,500,000 bytes)" in report.failed["cut"]
 
 
 def test_bad_names_fail_when_slides_are_planned_not_after_the_compute(tmp_path):
