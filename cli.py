@@ -382,6 +382,8 @@ _CV_OPTIONS: list[tuple[str, type, object]] = [
     ("top_genes", int, typer.Option(2000, help="Most variable genes kept (fitted per fold)")),
     ("threads", Optional[int], typer.Option(None, help="CPU threads for torch/XGBoost")),
     ("snn", bool, typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)")),
+    ("calibrate", str, typer.Option("platt", help="none | platt | isotonic: probability calibration fitted on each "
+                                    "fold's inner validation rows")),
     ("strict", bool, typer.Option(False, help="With --missing mask, refuse when having a modality predicts the label")),
 ]
 
@@ -405,7 +407,7 @@ def _with_cv_options(fn):
                          repeats=o["repeats"], seed=o["seed"], split=o["split"], splits_file=o["splits"],
                          exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"], strict=o["strict"],
                          train=TrainConfig(epochs=o["epochs"], top_genes=o["top_genes"], threads=o["threads"],
-                                           snn=o["snn"], seed=o["seed"]))
+                                           snn=o["snn"], calibrate=o["calibrate"], seed=o["seed"]))
         return fn(*args, opts=opts, **kwargs)
 
     # The command's own annotations are strings here (postponed evaluation): resolve them, keeping Annotated's

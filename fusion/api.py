@@ -11,8 +11,10 @@ import numpy as np
 
 import featstore
 from featstore.errors import StoreError
+from fusion.calibration import operating_point, reliability
 from fusion.cohort import Cohort, load_cohort
 from fusion.heads import GENES, IMAGE, get_head, list_heads
+from fusion.html_report import write_bench_report, write_cv_report
 from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
@@ -86,8 +88,42 @@ def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, Vi
     return cohort, view
 
 
+def provenance(store, cohort: Cohort) -> dict:
+    """Where the inputs came from, for the report: store, feature set, expression table, software."""
+    import subprocess
+
+    from featstore.barcodes import site_of
+    from featstore.provenance import library_versions
+
+    out: dict = {"store": str(Path(store.path).resolve())}
+    if cohort.feature_set:
+        cfg = store.feature_set_info(cohort.feature_set).get("config", {})
+        out["feature set"] = cohort.feature_set
+        out.update({f"features: {k}": cfg[k] for k in ("encoder", "weights", "target_mpp", "patch_size", "dim",
+                                                       "source") if k in cfg})
+    if cohort.gene_table:
+        prov = store.read_expression(cohort.gene_table).provenance
+        out["expression table"] = cohort.gene_table
+        out.update({f"expression: {k}": prov[k] for k in ("source", "path", "transform", "simulated") if k in prov})
+    out["software"] = ", ".join(f"{k} {v}" for k, v in library_versions(
+        ("featstore", "torch", "numpy", "scikit-learn", "xgboost", "zarr", "h5py")).items())
+    try:
+        out["git revision"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or "not a git checkout"
+    except (OSError, subprocess.SubprocessError):
+        out["git revision"] = "not a git checkout"
+    sites: dict[str, dict[str, int]] = {}
+    for p, label in zip(cohort.patient_ids, cohort.y):
+        site = site_of(p) or "unknown"
+        cls = cohort.classes[int(label)]
+        sites.setdefault(site, {}).setdefault(cls, 0)
+        sites[site][cls] += 1
+    out["sites_per_class"] = sites
+    return out
+
+
 def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
-             out: Path | None = None, simulated: bool = False) -> CVRun:
+             out: Path | None = None, simulated: bool = False, prov: dict | None = None) -> CVRun:
     spec = get_head(head)
     leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak and opts.strict:  # refused before any training
@@ -101,10 +137,14 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
         "split": {"by": opts.split if not opts.splits_file else f"file:{opts.splits_file}", "folds": int(assign.max() + 1),
                   "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.y)},
         "folds": folds, "summary": summary, "seconds": round(result.seconds, 3), "params": result.n_params,
-        "epochs": result.epochs, "threshold": 0.5, "genes": gene_note, "cohort": cohort.summary,
+        "epochs": result.epochs, "genes": gene_note, "cohort": cohort.summary,
+        "operating_point": operating_point(cohort.y, result.oof, result.thresholds, assign),
+        "calibration": {"method": opts.train.calibrate, "fitted_on": "inner validation rows of each fold",
+                        "after": reliability(np.tile(cohort.y, assign.shape[0]), result.oof.ravel()),
+                        "before": reliability(np.tile(cohort.y, assign.shape[0]), result.uncalibrated.ravel())},
         "view": None if view is None else {"key": view.key, "cached": view.cached, "k": opts.view_k,
                                            "method": opts.view_method},
-        "simulated": simulated,
+        "simulated": simulated, "provenance": prov or {},
     }
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
@@ -113,6 +153,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
         metrics.setdefault("warnings", []).append(leak["warning"])
     if out is not None:
         write_cv(Path(out), result, metrics)
+        write_cv_report(Path(out), result, metrics)
     return CVRun(result, metrics, cohort)
 
 
@@ -170,8 +211,9 @@ def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: st
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
         simulated = _is_simulated(store, cohort)
+        prov = provenance(store, cohort)
     assign = _assignments(opts, cohort)
-    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated)
+    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov)
 
 
 def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
@@ -184,8 +226,9 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, names, opts)
         simulated = _is_simulated(store, cohort)
+        prov = provenance(store, cohort)
     assign = _assignments(opts, cohort)
-    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated) for h in names}
+    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov) for h in names}
     unimodal = [h for h in names if not get_head(h).multimodal]
     best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
     rows = []
@@ -201,6 +244,7 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
             row["vs_best_unimodal"] = f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + \
                 (" within noise" if d["within_noise"] else "")
             row["within_noise"] = d["within_noise"]
+            row["vs_best_unimodal_difference"], row["vs_best_unimodal_ci95"] = d["difference"], d["ci95"]
         else:
             row["vs_best_unimodal"] = "best unimodal" if h == best_uni else ""
             row["within_noise"] = None
@@ -217,4 +261,5 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
         for w in dict.fromkeys(w for r in runs.values() for w in r.metrics.get("warnings", [])):
             note += f"\n\n**{w}**"
         write_leaderboard(Path(out), rows, cohort.classes[1], note)
+        write_bench_report(Path(out), rows, runs, note)
     return rows, runs

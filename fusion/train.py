@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from fusion.calibration import choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
 from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
 from fusion.preprocess import fit_gene_transform, fit_token_pca
@@ -33,6 +34,7 @@ class TrainConfig:
     top_genes: int | None = 2000
     token_dim: int | None = 128  # fold-local PCA of the tokens; None keeps the encoder's dimension
     snn: bool = False
+    calibrate: str = "platt"  # fitted on each fold's inner validation rows (fusion/calibration.py)
     threads: int | None = None
     seed: int = 0
 
@@ -59,12 +61,15 @@ class CVResult:
     patient_ids: list[str]
     y: np.ndarray
     assign: np.ndarray  # (R, P) fold of each patient
-    oof: np.ndarray  # (R, P) out-of-fold P(positive)
+    oof: np.ndarray  # (R, P) out-of-fold P(positive), calibrated
     seconds: float
     n_params: int
     epochs: list[int]
     fitted: list[dict]
     permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (permutations, R, P) predictions
+    thresholds: np.ndarray | None = None  # (R, folds) operating point chosen on each fold's inner validation
+    uncalibrated: np.ndarray | None = None  # (R, P) before calibration
+    model: object = None  # the trained torch module (M models) or the list of sklearn predictors
 
 
 def _inner_split_fits(counts: np.ndarray, inner_val: float) -> bool:
@@ -268,15 +273,30 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
         data = prepare(cohort, view, spec, assign, cfg, exclude_genes)
         y = cohort.y
         if spec.kind == "sklearn":
-            predict, n_params, epochs = _fit_sklearn(spec, data, y, cfg)
+            raw_predict, n_params, epochs, val_probs, model = _fit_sklearn(spec, data, y, cfg)
         else:
             model, epochs = train_torch(spec, data, y, cfg, head_kwargs)
             n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
             test_idx, test_valid = _padded(data.test)
+            val_idx, val_valid = _padded(data.val)
+            vp = torch.sigmoid(_predict(model, data, val_idx)).numpy()
+            val_probs = [vp[i, val_valid[i].numpy()] for i in range(len(data.val))]
 
-            def predict(perm=None):
+            def raw_predict(perm=None):
                 probs = torch.sigmoid(_predict(model, data, test_idx, perm=perm)).numpy()
                 return _scatter(assign.shape, data, probs, test_valid.numpy())
+        thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
+        for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
+            rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
+            rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]])
+            thresholds[rec["repeat"], rec["fold"]] = rec["threshold"]
+
+        def predict(perm=None):
+            out = raw_predict(perm)
+            for i, rec in enumerate(data.fitted):
+                out[rec["repeat"], data.test[i]] = rec["calibrator"](out[rec["repeat"], data.test[i]])
+            return out
+        uncalibrated = raw_predict()
         oof = predict()
         permuted: dict[str, np.ndarray] = {}
         if permutations and spec.multimodal:
@@ -287,7 +307,7 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
     finally:
         torch.set_num_threads(prev_threads)
     return CVResult(head, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, int(n_params),
-                    list(map(int, epochs)), data.fitted, permuted)
+                    list(map(int, epochs)), data.fitted, permuted, thresholds, uncalibrated, model)
 
 
 def bag_means(data: FoldData, i: int) -> np.ndarray:
@@ -313,7 +333,8 @@ def _fit_sklearn(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             inp = inputs[i] if not perm else {m: (v[perm[m][i].numpy()] if m in perm else v) for m, v in inputs[i].items()}
             out[rec["repeat"], data.test[i]] = predictors[i](inp)[data.test[i]]
         return out
-    return predict, n_params, [0] * len(data.test)
+    val_probs = [predictors[i](inputs[i])[data.val[i]] for i in range(len(data.test))]
+    return predict, n_params, [0] * len(data.test), val_probs, predictors
 
 
 def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: int) -> torch.Tensor:

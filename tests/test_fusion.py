@@ -90,12 +90,11 @@ def test_fold_local_fitting_never_sees_the_test_fold(sim_split):
 
 def test_noise_in_the_test_fold_changes_nothing_fitted_for_that_fold(sim_split):
     """Behaviour, not bookkeeping: replace fold 0's test patients' genes and image tokens with noise; every
-    object fitted for fold 0 (gene filter, imputation means, scaler, token PCA, warm start, trained weights)
+    object fitted for fold 0 (gene filter, imputation means, scaler, token PCA, warm start, trained weights,
+    calibration, threshold)
     must be bitwise unchanged."""
     import copy
     import dataclasses
-
-    from fusion.train import prepare, train_torch
 
     with featstore.open(sim_split) as s:
         cohort = load_cohort(s, label_map=None)
@@ -112,21 +111,20 @@ def test_noise_in_the_test_fold_changes_nothing_fitted_for_that_fold(sim_split):
     noisy_view = dataclasses.replace(view, tokens=tokens)
     cfg = TrainConfig(epochs=4, patience=4, token_dim=8, top_genes=30)
     for head in ("concat", "cross_attn"):
-        spec = HEADS[head]
         fitted = []
         for c, v in ((cohort, view), (noisy, noisy_view)):
-            data = prepare(c, v, spec, assign, cfg)
-            model, _ = train_torch(spec, data, c.y, cfg)
-            fitted.append((data.fitted[0], {k: t[0].clone() for k, t in model.state_dict().items()}))
-        (rec_a, w_a), (rec_b, w_b) = fitted
+            res = cross_validate(c, head, assign, v, cfg, permutations=0)
+            fitted.append((res.fitted[0], {k: t[0].clone() for k, t in res.model.state_dict().items()}, res.oof))
+        (rec_a, w_a, oof_a), (rec_b, w_b, oof_b) = fitted
         assert rec_a["fold"] == 0
-        for obj in ("gene_transform", "token_pca"):
+        for obj in ("gene_transform", "token_pca", "calibrator"):
             for field in dataclasses.fields(rec_a[obj]):
                 np.testing.assert_array_equal(getattr(rec_a[obj], field.name), getattr(rec_b[obj], field.name))
+        assert rec_a["threshold"] == rec_b["threshold"]
         for k in w_a:
             assert torch.equal(w_a[k], w_b[k]), (head, k)
         # The noise did reach the data: the other folds train on those patients.
-        assert not torch.equal(data.genes[1], prepare(cohort, view, spec, assign, cfg).genes[1])
+        assert not np.array_equal(oof_a[0, assign[0] == 1], oof_b[0, assign[0] == 1])
 
 
 def test_same_seed_same_metrics_and_splits_round_trip(sim_split, tmp_path):

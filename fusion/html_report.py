@@ -1,0 +1,253 @@
+"""report.html: one self-contained page per ``fusion cv`` / ``fusion bench`` run (inline PNGs and CSS, no
+network), for a colleague to open from a USB stick.
+
+Every number shown carries ``data-metric="<path in metrics.json>"`` and is that value rounded to 3
+decimals, so a test can check the page against metrics.json in a real browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from fusion.metrics import METRICS, bootstrap_indices
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.banner{background:#b00020;color:#fff;padding:.6em 1em;font-weight:bold;border-radius:4px}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .8em}
+.good{background:#e6f4ea}.bad{background:#fde7e9}.muted{color:#777}
+img{max-width:100%;height:auto}.plots{display:flex;flex-wrap:wrap;gap:1em}
+"""
+
+
+# The page checks its own figures once loaded: a figure that failed to decode is said in a banner, and the
+# count is left in <body data-figures="loaded/total"> (tests/test_report.py reads it in Chromium).
+SELF_CHECK = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images], ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.figures = ok + "/" + imgs.length;
+  if (ok < imgs.length) {
+    const p = document.createElement("p");
+    p.className = "banner";
+    p.textContent = (imgs.length - ok) + " of " + imgs.length + " figures failed to load";
+    document.body.prepend(p);
+  }
+});
+</script>"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _num(path: str, value) -> str:
+    return f'<span data-metric="{html.escape(path)}">{_fmt(value)}</span>'
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(y: np.ndarray, p: np.ndarray, seed: int, resamples: int = 200) -> str:
+    """ROC and PR curves of the pooled predictions with 95% patient-bootstrap bands; PR drawn as steps
+    (scikit-learn's convention: tied scores are one threshold)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _plt()
+    grid = np.linspace(0, 1, 101)
+    rocs, prs = [], []
+    for idx in bootstrap_indices(len(y), resamples, seed):
+        if y[idx].min() == y[idx].max():
+            continue
+        fpr, tpr, _ = roc_curve(y[idx], p[idx])
+        rocs.append(np.interp(grid, fpr, tpr))
+        prec, rec, _ = precision_recall_curve(y[idx], p[idx])
+        prs.append(np.interp(grid, rec[::-1], prec[::-1]))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fpr, tpr, _ = roc_curve(y, p)
+    a1.fill_between(grid, *np.percentile(rocs, [2.5, 97.5], axis=0), color="C0", alpha=0.2, label="95% bootstrap band")
+    a1.plot(fpr, tpr, color="C0", label="pooled out-of-fold")
+    a1.plot([0, 1], [0, 1], "k--", lw=0.6)
+    a1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    a1.legend(loc="lower right", fontsize=8)
+    prec, rec, _ = precision_recall_curve(y, p)
+    a2.fill_between(grid, *np.percentile(prs, [2.5, 97.5], axis=0), color="C1", alpha=0.2, step="post")
+    a2.step(rec, prec, where="post", color="C1")
+    a2.axhline(y.mean(), color="k", ls="--", lw=0.6)
+    a2.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _reliability(cal: dict) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+    for key, colour in (("before", "C7"), ("after", "C2")):
+        bins = cal[key]["bins"]
+        ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "o-", color=colour,
+                label=f"{key} ({cal['method'] if key == 'after' else 'raw'}): ECE {cal[key]['ece']:.3f}")
+    ax.set(xlabel="mean predicted P(positive)", ylabel="observed share positive", title="reliability", xlim=(0, 1),
+           ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _modality_bars(check: dict) -> str:
+    plt = _plt()
+    names = sorted(check)
+    drop = [check[m]["roc_auc_drop"] for m in names]
+    lo = [check[m]["roc_auc_drop"] - check[m]["ci95"][0] for m in names]
+    hi = [check[m]["ci95"][1] - check[m]["roc_auc_drop"] for m in names]
+    fig, ax = plt.subplots(figsize=(4.2, 2.4))
+    ax.barh(names, drop, xerr=[lo, hi], color=["C2" if check[m]["informative"] else "C7" for m in names], capsize=4)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="ROC-AUC drop when shuffled (95% CI)", title="modality check")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def head_section(result, metrics: dict, p: str = "") -> str:
+    """One head: metrics with CIs, curves, per-fold table, operating point, calibration, modality check.
+    ``p`` prefixes the data-metric paths (a bench page names the head's own metrics.json)."""
+    name = metrics["head"]
+    y, oof = result.y, np.nanmean(result.oof, axis=0)
+    rows = "".join(
+        f"<tr><td>{m}</td><td>{_num(f'{p}summary.{m}.pooled', s['pooled'])}</td>"
+        f"<td>[{_num(f'{p}summary.{m}.ci95.0', s['ci95'][0])}, {_num(f'{p}summary.{m}.ci95.1', s['ci95'][1])}]</td>"
+        f"<td>{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])}</td></tr>"
+        for m, s in ((m, metrics["summary"][m]) for m in METRICS))
+    folds = "".join(
+        f"<tr><td>{f['repeat']}</td><td>{f['fold']}</td><td>{f['n_test']}</td>"
+        + "".join(f"<td>{_fmt(f[m])}</td>" for m in ("roc_auc", "pr_auc", "balanced_accuracy", "brier")) + "</tr>"
+        for f in metrics["folds"])
+    op = metrics["operating_point"]
+    c = op["confusion"]
+    cal = metrics["calibration"]
+    out = [f'<section data-head="{html.escape(name)}"><h2>{html.escape(name)} '
+           f'<span class="muted">({"+".join(metrics["modalities"])})</span></h2>']
+    for w in metrics.get("warnings", []):
+        out.append(f'<p class="warn">{html.escape(w)}</p>')
+    out.append("<table><tr><th>metric</th><th>pooled out-of-fold</th><th>95% CI (patient bootstrap)</th>"
+               f"<th>fold mean ± sd</th></tr>{rows}</table>")
+    out.append(f'<div class="plots">{_curves(y, oof, metrics["split"]["seed"])}</div>')
+    out.append("<h3>Per fold</h3><table><tr><th>repeat</th><th>fold</th><th>test patients</th><th>ROC-AUC</th>"
+               f"<th>PR-AUC</th><th>bal. acc.</th><th>Brier</th></tr>{folds}</table>")
+    out.append(
+        "<h3>Operating point</h3><p>Each fold's threshold is chosen on its own inner validation rows (Youden's J), "
+        "never on its test fold; thresholds: " + ", ".join(f"{t:.3f}" for t in np.ravel(op["thresholds"])) + ".</p>"
+        f"<table><tr><th></th><th>predicted {html.escape(metrics['positive_class'])}</th>"
+        f"<th>predicted {html.escape(metrics['negative_class'])}</th></tr>"
+        f"<tr><td>true {html.escape(metrics['positive_class'])}</td><td>{_num(p + 'operating_point.confusion.tp', c['tp'])}</td>"
+        f"<td>{_num(p + 'operating_point.confusion.fn', c['fn'])}</td></tr>"
+        f"<tr><td>true {html.escape(metrics['negative_class'])}</td><td>{_num(p + 'operating_point.confusion.fp', c['fp'])}</td>"
+        f"<td>{_num(p + 'operating_point.confusion.tn', c['tn'])}</td></tr></table>"
+        f"<p>sensitivity {_num(f'{p}operating_point.sensitivity', op['sensitivity'])}, specificity "
+        f"{_num(f'{p}operating_point.specificity', op['specificity'])}</p>")
+    out.append(
+        f"<h3>Calibration ({html.escape(cal['method'])}, fitted on {html.escape(cal['fitted_on'])})</h3><div class='plots'>"
+        f"{_reliability(cal)}<p>Brier {_num(f'{p}calibration.after.brier', cal['after']['brier'])} "
+        f"(raw {_num(f'{p}calibration.before.brier', cal['before']['brier'])}); ECE "
+        f"{_num(f'{p}calibration.after.ece', cal['after']['ece'])} "
+        f"(raw {_num(f'{p}calibration.before.ece', cal['before']['ece'])})</p></div>")
+    check = metrics.get("modality_check")
+    if check:
+        verdicts = "; ".join(
+            f"{m}: drop {_num(f'{p}modality_check.{m}.roc_auc_drop', v['roc_auc_drop'])} "
+            f"[{_num(f'{p}modality_check.{m}.ci95.0', v['ci95'][0])}, {_num(f'{p}modality_check.{m}.ci95.1', v['ci95'][1])}]"
+            f" <b class='{'good' if v['informative'] else 'bad'}'>{html.escape(v['verdict'])}</b>"
+            for m, v in sorted(check.items()))
+        out.append(f"<h3>Modality check</h3><div class='plots'>{_modality_bars(check)}<p>{verdicts}</p></div>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def cohort_section(metrics: dict, p: str = "") -> str:
+    c, prov = metrics["cohort"], metrics.get("provenance", {})
+    classes = ", ".join(f"{html.escape(k)}: {v}" for k, v in c["classes"].items())
+    sites = prov.get("sites_per_class") or {}
+    site_rows = "".join(f"<tr><td>{html.escape(s)}</td>" + "".join(f"<td>{n.get(k, 0)}</td>" for k in c["classes"])
+                        + "</tr>" for s, n in sorted(sites.items()))
+    excluded = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in (c.get("excluded_labels") or {}).items()) or "none"
+    out = ["<h2>Cohort</h2>",
+           f"<p><span data-metric=\"{p}cohort.patients\">{c['patients']}</span> patients of {c['labelled_patients']} "
+           f"labelled ({classes}; positive class {html.escape(c['positive_class'])}). Dropped for a missing modality: "
+           f"{c['dropped_missing_modality']} (missing: {html.escape(c['missing'])}). Label rows excluded (Normal, "
+           f"normal-tissue samples, unmapped): {excluded}. With genes: {c['with_genes']}, with image: {c['with_image']}, "
+           f"slides: {c['slides']}. Genes: {html.escape(str(metrics['genes']))}.</p>"]
+    if site_rows:
+        out.append("<details><summary>patients per tissue source site and class</summary><table><tr><th>site</th>"
+                   + "".join(f"<th>{html.escape(k)}</th>" for k in c["classes"]) + f"</tr>{site_rows}</table></details>")
+    if prov:
+        items = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+                        for k, v in prov.items() if k != "sites_per_class")
+        out.append(f"<h3>Provenance</h3><table>{items}</table>")
+    return "\n".join(out)
+
+
+def page(title: str, body: str, simulated: bool) -> str:
+    banner = ("<p class='banner'>SIMULATED data: image bags and/or genes come from `fusion simulate`; these "
+              "figures say nothing about biology.</p>") if simulated else ""
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{banner}{body}"
+            "<p class='muted'>Every metric is computed on the pooled out-of-fold predictions of all patients with a "
+            "patient-level bootstrap 95% CI; calibration and thresholds are fitted on each fold's inner validation "
+            f"rows. Written by featstore + fusion.</p>{SELF_CHECK}</body></html>")
+
+
+def write_cv_report(out: Path, result, metrics: dict) -> Path:
+    body = cohort_section(metrics) + head_section(result, metrics)
+    path = out / "report.html"
+    path.write_text(page(f"fusion cv: {metrics['head']}", body, metrics.get("simulated", False)))
+    return path
+
+
+def write_bench_report(out: Path, rows: list[dict], runs: dict, note: str) -> Path:
+    first = next(iter(runs.values())).metrics
+    lines = []
+    for r in rows:
+        diff = r.get("vs_best_unimodal_ci95")
+        cls = "" if not diff else ("good" if diff[0] > 0 else "bad" if diff[1] < 0 else "")
+        vs = (f"{r['vs_best_unimodal_difference']:+.3f} [{diff[0]:+.3f}, {diff[1]:+.3f}]" if diff else
+              html.escape(r["vs_best_unimodal"]))
+        lines.append(
+            f"<tr data-head='{html.escape(r['head'])}'><td><a href='#{html.escape(r['head'])}'>{html.escape(r['head'])}</a>"
+            f"</td><td>{html.escape(r['modalities'])}</td><td>{_num(r['head'] + '.summary.roc_auc.pooled', r['roc_auc'])} "
+            f"[{_fmt(r['roc_auc_lo'])}, {_fmt(r['roc_auc_hi'])}]</td><td>{_fmt(r['pr_auc'])}</td>"
+            f"<td>{_fmt(r['balanced_accuracy'])}</td><td class='{cls}'>{vs}</td>"
+            f"<td style='text-align:left'>{html.escape(r.get('modality_check', ''))}</td></tr>")
+    board = ("<h2>Leaderboard</h2><p>" + html.escape(note).replace("\n\n", "<br>") + "</p><table><tr><th>head</th>"
+             "<th>modalities</th><th>ROC-AUC [95% CI]</th><th>PR-AUC</th><th>bal. acc.</th><th>vs best unimodal "
+             "(paired bootstrap; green/red: CI excludes 0)</th><th>modality check</th></tr>" + "".join(lines)
+             + "</table>")
+    sections = "".join(f"<div id='{html.escape(h)}'>{head_section(run.result, run.metrics, f'{h}.')}</div>"
+                       for h, run in runs.items())
+    path = out / "report.html"
+    body = cohort_section(first, f"{first['head']}.") + board + sections
+    path.write_text(page("fusion bench", body, first.get("simulated", False)))
+    return path
