@@ -385,6 +385,8 @@ _CV_OPTIONS: list[tuple[str, type, object]] = [
     ("calibrate", str, typer.Option("platt", help="none | platt | isotonic: probability calibration fitted on each "
                                     "fold's inner validation rows")),
     ("strict", bool, typer.Option(False, help="With --missing mask, refuse when having a modality predicts the label")),
+    ("save_models", bool, typer.Option(False, help="Keep each fold's model under <out>/<head>/models/ (torch heads), "
+                                       "for fusion predict to average")),
 ]
 
 
@@ -406,6 +408,7 @@ def _with_cv_options(fn):
                          label_map=None if o["label_map"] == "none" else o["label_map"], folds=o["folds"],
                          repeats=o["repeats"], seed=o["seed"], split=o["split"], splits_file=o["splits"],
                          exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"], strict=o["strict"],
+                         save_models=o["save_models"],
                          train=TrainConfig(epochs=o["epochs"], top_genes=o["top_genes"], threads=o["threads"],
                                            snn=o["snn"], calibrate=o["calibrate"], seed=o["seed"]))
         return fn(*args, opts=opts, **kwargs)
@@ -495,6 +498,48 @@ def fusion_bench(
                 console.print(f"[red]{h}: {chk['verdict']}[/]")
     if out:
         console.print(f"wrote {out}/leaderboard.csv, leaderboard.md and one folder per head")
+
+
+@fusion_app.command("fit")
+@_guard
+@_with_cv_options
+def fusion_fit(
+    store: Annotated[Path, typer.Argument(help="Feature store with the training patients")],
+    out: Annotated[Path, typer.Option(help="Model folder to write (model.json, preprocess.npz, weights.pt)")],
+    head: Annotated[str, typer.Option(help="A registered torch head (fusion heads lists them)")] = "cross_attn",
+    opts=None,  # the shared training options, filled in by _with_cv_options
+) -> None:
+    """Train one head on every labelled patient (inner validation for early stopping, calibration, threshold)."""
+    from fusion.model import fit
+
+    res = fit(store, head, opts, out)
+    m = res["model"]
+    console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} (threshold "
+                  f"{m['threshold']:.3f}, calibration {m['calibrator']['method']})")
+
+
+@fusion_app.command("predict")
+@_guard
+def fusion_predict(
+    model: Annotated[Path, typer.Argument(help="A model folder, or a folder of fold models (cv --save-models)")],
+    store: Annotated[Path, typer.Argument(help="Store with the patients to score")],
+    out: Annotated[Path, typer.Option(help="CSV to write: patient_id, p_positive, predicted")],
+    patients: Annotated[Optional[Path], typer.Option(help="File of patient ids to score (one per line, or a CSV "
+                                                     "with a patient_id column); default: all who have the inputs")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Expression table (optional when the store has one)")] = None,
+) -> None:
+    """Score new patients with a trained model (or the mean of a fold ensemble); refuses other feature sets."""
+    from fusion.model import predict, read_patient_list, write_predictions
+
+    ids = read_patient_list(patients) if patients else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pids, p, models = predict(model, store, ids, features, genes)
+    for w in caught:
+        err.print(f"warning: {w.message}", soft_wrap=True, highlight=False, markup=False)
+    write_predictions(out, pids, p, models)
+    console.print(f"{len(pids)} patients scored with {len(models)} model(s) of {models[0].meta['head']} -> {out}")
 
 
 @fusion_app.command("heads")

@@ -16,6 +16,7 @@ from fusion.cohort import Cohort, load_cohort
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.html_report import write_bench_report, write_cv_report
 from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
+from fusion.model import model_meta, save_model
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
@@ -46,6 +47,7 @@ class CVOptions:
     view_method: str = "kmeans"
     bootstrap: int = 1000
     strict: bool = False  # refuse a run whose missing-modality pattern alone predicts the label
+    save_models: bool = False  # keep each fold's model (torch heads) under <out>/models/ for fusion predict
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -123,7 +125,8 @@ def provenance(store, cohort: Cohort) -> dict:
 
 
 def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
-             out: Path | None = None, simulated: bool = False, prov: dict | None = None) -> CVRun:
+             out: Path | None = None, simulated: bool = False, prov: dict | None = None,
+             model_info: dict | None = None) -> CVRun:
     spec = get_head(head)
     leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak and opts.strict:  # refused before any training
@@ -154,6 +157,9 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     if out is not None:
         write_cv(Path(out), result, metrics)
         write_cv_report(Path(out), result, metrics)
+        if model_info is not None and spec.kind == "torch":
+            for i, rec in enumerate(result.fitted):
+                save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
     return CVRun(result, metrics, cohort)
 
 
@@ -212,8 +218,9 @@ def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: st
         cohort, view = prepare_inputs(store, [head], opts)
         simulated = _is_simulated(store, cohort)
         prov = provenance(store, cohort)
+        info = model_meta(store, cohort, head, opts) if opts.save_models else None
     assign = _assignments(opts, cohort)
-    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov)
+    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov, info)
 
 
 def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
@@ -227,8 +234,10 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
         cohort, view = prepare_inputs(store, names, opts)
         simulated = _is_simulated(store, cohort)
         prov = provenance(store, cohort)
+        info = {h: model_meta(store, cohort, h, opts) for h in names} if opts.save_models else {}
     assign = _assignments(opts, cohort)
-    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov) for h in names}
+    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h))
+            for h in names}
     unimodal = [h for h in names if not get_head(h).multimodal]
     best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
     rows = []

@@ -114,8 +114,9 @@ def _model_rows(assign: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[tup
 
 
 def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarray, cfg: TrainConfig,
-            exclude_genes: np.ndarray | None = None) -> FoldData:
-    rows = _model_rows(assign, cohort.y, cfg)
+            exclude_genes: np.ndarray | None = None, rows: list | None = None) -> FoldData:
+    """``rows``: (repeat, fold, train, val, test) per model, when not derived from ``assign`` (a final fit)."""
+    rows = rows or _model_rows(assign, cohort.y, cfg)
     p = len(cohort.patient_ids)
     use_g, use_i = GENES in spec.modalities, IMAGE in spec.modalities
     genes_m, tokens_m, fitted = [], [], []
@@ -143,6 +144,8 @@ def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarra
     m = len(rows)
     genes_t = torch.from_numpy(np.stack(genes_m)) if use_g else torch.zeros(m, p, 1)
     tokens_t = torch.from_numpy(np.stack(tokens_m).astype(np.float32)) if use_i else torch.zeros(m, p, 1, 1)
+    for record in fitted:  # the input widths the head is built for (a saved model is rebuilt with them)
+        record["gene_dim"], record["token_dim"] = genes_t.shape[-1], tokens_t.shape[-1]
     return FoldData(genes_t, tokens_t, torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
                     torch.from_numpy(gene_present), torch.from_numpy(image_present),
                     [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], fitted)
@@ -255,7 +258,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
 
 def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | None = None,
                    cfg: TrainConfig = TrainConfig(), exclude_genes: np.ndarray | None = None,
-                   permutations: int = 5, head_kwargs: dict | None = None) -> CVResult:
+                   permutations: int = 5, head_kwargs: dict | None = None, rows: list | None = None) -> CVResult:
     """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``.
 
     A multimodal head is also re-predicted ``permutations`` times with one modality shuffled among the
@@ -270,7 +273,7 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        data = prepare(cohort, view, spec, assign, cfg, exclude_genes)
+        data = prepare(cohort, view, spec, assign, cfg, exclude_genes, rows)
         y = cohort.y
         if spec.kind == "sklearn":
             raw_predict, n_params, epochs, val_probs, model = _fit_sklearn(spec, data, y, cfg)

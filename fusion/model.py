@@ -1,0 +1,257 @@
+"""A trained head as a folder a person can read and a program can reload: ``fusion fit`` writes one,
+``fusion cv --save-models`` writes one per fold, ``fusion predict`` scores new patients with one or an
+ensemble of them.
+
+A model folder holds ``model.json`` (head, options, feature-set identity, gene list, calibration, threshold),
+``preprocess.npz`` (the fitted gene means/scales and token PCA, loaded with ``allow_pickle=False``) and
+``weights.pt`` (a state dict, loaded with ``weights_only=True``). Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from featstore.errors import StoreError
+from featstore.records import now_iso
+from fusion.calibration import Calibrator
+from fusion.heads import GENES, IMAGE, get_head
+from fusion.train import FoldData, _predict, cross_validate
+from fusion.views import build_view
+
+FORMAT = 1
+# The feature-set settings a model's image branch depends on: another value means other features.
+IDENTITY_KEYS = ("encoder", "weights", "target_mpp", "patch_size", "dim", "mean", "std")
+MAX_MISSING_GENES = 0.1  # share of the model's genes a store may lack (imputed with training means)
+
+
+def _check_torch_head(head: str) -> None:
+    if get_head(head).kind != "torch":
+        raise ValueError(f"head {head!r} is a scikit-learn/XGBoost baseline; fusion fit/predict save torch heads "
+                         "only (their weights are a plain state dict, never a pickle)")
+
+
+def save_model(out: Path, result, i: int, meta: dict) -> Path:
+    """Model ``i`` of a fold-batched result as its own folder; ``meta`` from :func:`model_meta`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rec = result.fitted[i]
+    meta = dict(meta)
+    arrays: dict[str, np.ndarray] = {}
+    if "gene_transform" in rec:
+        gt = rec["gene_transform"]
+        arrays.update(gene_mean=gt.mean, gene_std=gt.std)
+        meta["genes"] = [meta["gene_ids"][c] for c in gt.columns]
+    meta.pop("gene_ids")
+    if "token_pca" in rec:
+        arrays.update(token_mean=rec["token_pca"].mean, token_components=rec["token_pca"].components)
+    np.savez(out / "preprocess.npz", **arrays)
+    m = len(result.fitted)
+    state = {k: (v[i:i + 1] if v.dim() and v.shape[0] == m else v).clone() for k, v in result.model.state_dict().items()}
+    torch.save(state, out / "weights.pt")
+    meta.update(format=FORMAT, gene_dim=int(rec["gene_dim"]), token_dim=int(rec["token_dim"]),
+                calibrator=dataclasses.asdict(rec["calibrator"]), threshold=rec["threshold"], repeat=rec["repeat"],
+                fold=rec["fold"], trained_on=int(len(rec.get("genes_fitted_on", rec.get("tokens_fitted_on", [])))),
+                saved=now_iso())
+    (out / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def model_meta(store, cohort, head: str, opts) -> dict:
+    """What a saved model needs besides its arrays (read while the store is open)."""
+    fs = store.feature_set_info(cohort.feature_set) if cohort.feature_set else {}
+    return {
+        "head": head, "modalities": sorted(get_head(head).modalities), "classes": list(cohort.classes),
+        "positive_class": cohort.classes[1], "train": dataclasses.asdict(opts.train),
+        "feature_set": None if not cohort.feature_set else {
+            "name": cohort.feature_set, "config_hash": fs.get("config_hash"),
+            **{k: fs.get("config", {}).get(k) for k in IDENTITY_KEYS}},
+        "view": {"k": opts.view_k, "method": opts.view_method, "seed": opts.seed} if cohort.feature_set else None,
+        "gene_table": cohort.gene_table, "gene_ids": cohort.gene_ids, "store": str(Path(store.path).resolve()),
+    }
+
+
+def fit(store_path, head: str, opts, out) -> dict:
+    """Train ``head`` on every labelled patient (inner validation for early stopping, calibration and the
+    threshold) and write a model folder; returns its model.json and the fit's own predictions."""
+    from fusion.api import _exclusion, _open_existing, prepare_inputs
+
+    _check_torch_head(head)
+    with _open_existing(store_path) as store:
+        cohort, view = prepare_inputs(store, [head], opts)
+        meta = model_meta(store, cohort, head, opts)
+    p = len(cohort.patient_ids)
+    everyone = np.arange(p)
+    tr, val = train_test_split(everyone, test_size=opts.train.inner_val, stratify=cohort.y,
+                               random_state=opts.train.seed)
+    exclude, _ = _exclusion(opts, cohort) if GENES in get_head(head).modalities else (None, "")
+    result = cross_validate(cohort, head, np.zeros((1, p), int), view, opts.train, exclude, permutations=0,
+                            rows=[(0, 0, np.sort(tr), np.sort(val), everyone)])
+    save_model(Path(out), result, 0, meta)
+    return {"model": json.loads((Path(out) / "model.json").read_text()), "patient_ids": cohort.patient_ids,
+            "p_positive": result.oof[0]}
+
+
+@dataclasses.dataclass
+class Model:
+    path: Path
+    meta: dict
+    pre: dict[str, np.ndarray]
+    module: torch.nn.Module
+    calibrator: Calibrator
+
+
+def load_model(path) -> Model:
+    path = Path(path)
+    if not (path / "model.json").exists():
+        raise StoreError(f"{path} is not a model folder (no model.json); fusion fit or fusion cv --save-models "
+                         "writes one")
+    meta = json.loads((path / "model.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{path}: model format {meta.get('format')}, this fusion reads {FORMAT}")
+    with np.load(path / "preprocess.npz", allow_pickle=False) as z:
+        pre = {k: z[k] for k in z.files}
+    spec = get_head(meta["head"])
+    module = spec.build(1, meta["gene_dim"], meta["token_dim"], snn=meta["train"]["snn"])
+    module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
+    module.eval()
+    return Model(path, meta, pre, module, Calibrator(**meta["calibrator"]))
+
+
+def model_folders(path) -> list[Path]:
+    """A model folder, or a folder of them (a cv fold ensemble)."""
+    path = Path(path)
+    if (path / "model.json").exists():
+        return [path]
+    found = sorted(p.parent for p in path.glob("*/model.json"))
+    if not found:
+        raise StoreError(f"no model.json in {path} or its subfolders")
+    return found
+
+
+def _check_feature_set(model: Model, store, name: str) -> None:
+    want = model.meta["feature_set"]
+    cfg = store.feature_set_info(name).get("config", {})
+    diff = {k: (want.get(k), cfg.get(k)) for k in IDENTITY_KEYS if want.get(k) != cfg.get(k)}
+    if diff:
+        raise ValueError(f"feature set {name!r} was made differently from the model's ({want['name']!r}): "
+                         + ", ".join(f"{k} is {b!r}, the model's {a!r}" for k, (a, b) in diff.items())
+                         + "; extract the slides with the model's settings")
+
+
+def _genes_for(model: Model, store, table: str | None, patients: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's genes in its own order, z-scored with its training statistics; (P, G) and who has genes."""
+    expr = store.read_expression(table)
+    col = {g: j for j, g in enumerate(expr.gene_ids)}
+    want = model.meta["genes"]
+    missing = [g for g in want if g not in col]
+    if len(missing) > MAX_MISSING_GENES * len(want):
+        raise ValueError(f"the store's expression table lacks {len(missing)} of the model's {len(want)} genes "
+                         f"(more than {MAX_MISSING_GENES:.0%}), e.g. {missing[:5]}; is it the same platform and "
+                         "gene naming?")
+    if missing:
+        warnings.warn(f"{len(missing)} of the model's {len(want)} genes are missing from the store and imputed with "
+                      f"the training means: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}",
+                      stacklevel=2)
+    row = {p: i for i, p in enumerate(expr.patient_ids)}
+    x = np.full((len(patients), len(want)), np.nan, np.float32)
+    present = np.array([p in row for p in patients])
+    take = [j for j, g in enumerate(want) if g in col]
+    for i, p in enumerate(patients):
+        if p in row:
+            x[i, take] = expr.values[row[p], [col[want[j]] for j in take]]
+    mean, std = model.pre["gene_mean"], model.pre["gene_std"]
+    x = np.where(np.isnan(x), mean, x)
+    return np.nan_to_num((x - mean) / std).astype(np.float32), present
+
+
+def predict(model_path, store_path, patients: list[str] | None = None, features: str | None = None,
+            genes: str | None = None) -> tuple[list[str], np.ndarray, list[Model]]:
+    """P(positive) for each patient (all who have the model's modalities, or ``patients``), averaged over the
+    models of a fold ensemble; each model's calibration applied first."""
+    from fusion.api import _open_existing
+
+    models = [load_model(p) for p in model_folders(model_path)]
+    first = models[0].meta
+    if len({(m.meta["head"], m.meta["feature_set"] and m.meta["feature_set"]["config_hash"]) for m in models}) > 1:
+        raise ValueError(f"{model_path}: its models differ in head or feature set; an ensemble is one head's folds")
+    mods = set(first["modalities"])
+    with _open_existing(store_path) as store:
+        slides: dict[str, list[str]] = {}
+        fs = None
+        if IMAGE in mods:
+            fs = store.resolve("features", features)
+            for m in models:
+                _check_feature_set(m, store, fs)
+            for sid in store.slides(fs):
+                slides.setdefault(store.slide_attrs(fs, sid)["patient_id"], []).append(sid)
+        gene_patients = set(store.read_expression(genes).patient_ids) if GENES in mods else set()
+        if patients is None:
+            have = [set(slides)] * (IMAGE in mods) + [gene_patients] * (GENES in mods)
+            patients = sorted(set.intersection(*have))
+        if not patients:
+            raise ValueError(f"no patient in {store_path} has {' and '.join(sorted(mods))}")
+        lacking = [p for p in patients if (IMAGE in mods and p not in slides) or (GENES in mods and p not in gene_patients)]
+        if lacking:
+            raise ValueError(f"{len(lacking)} patient(s) lack an input the model uses ({', '.join(sorted(mods))}): "
+                             f"{lacking[:10]}")
+        view = None
+        if IMAGE in mods:
+            v = first["view"]
+            view = build_view(store, fs, {p: slides[p] for p in patients}, v["k"], v["method"], v["seed"], cache=False)
+        probs = [_predict_one(m, store, genes, patients, view) for m in models]
+    return patients, np.mean(probs, axis=0), models
+
+
+def _predict_one(model: Model, store, genes: str | None, patients: list[str], view) -> np.ndarray:
+    n = len(patients)
+    mods = set(model.meta["modalities"])
+    if GENES in mods:
+        g, g_present = _genes_for(model, store, genes, patients)
+    else:
+        g, g_present = np.zeros((n, 1), np.float32), np.zeros(n, bool)
+    if IMAGE in mods:
+        tokens, mask, weights = view.for_patients(patients)
+        if "token_components" in model.pre:
+            tokens = ((tokens - model.pre["token_mean"]) @ model.pre["token_components"]).astype(np.float32)
+            tokens *= mask[..., None]
+        i_present = mask.any(1)
+    else:
+        tokens, mask, weights = np.zeros((n, 1, 1), np.float32), np.ones((n, 1), bool), np.ones((n, 1), np.float32)
+        i_present = np.zeros(n, bool)
+    empty: list = []
+    data = FoldData(torch.from_numpy(g)[None], torch.from_numpy(tokens.astype(np.float32))[None],
+                    torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
+                    torch.from_numpy(g_present), torch.from_numpy(i_present), empty, empty, empty)
+    logits = _predict(model.module, data, torch.arange(n)[None])
+    return model.calibrator(torch.sigmoid(logits)[0].numpy())
+
+
+def read_patient_list(path) -> list[str]:
+    """Patient ids, one per line, or a CSV's ``patient_id`` column."""
+    from featstore.tables import read_rows
+
+    header, rows = read_rows(path)
+    if "patient_id" in header:
+        j = header.index("patient_id")
+        return [r[j].strip() for r in rows if r[j].strip()]
+    return [x for x in [header[0].strip()] + [r[0].strip() for r in rows] if x]
+
+
+def write_predictions(path, patients: list[str], p: np.ndarray, models: list[Model]) -> None:
+    """patient_id, p_positive, predicted: the class at the mean of the models' inner-validation thresholds."""
+    import csv
+
+    meta = models[0].meta
+    cut = float(np.mean([m.meta["threshold"] for m in models]))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_id", "p_positive", "predicted"])
+        for pid, v in zip(patients, p):
+            w.writerow([pid, f"{v:.6f}", meta["classes"][int(v >= cut)]])
