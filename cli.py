@@ -542,6 +542,25 @@ def fusion_predict(
     console.print(f"{len(pids)} patients scored with {len(models)} model(s) of {models[0].meta['head']} -> {out}")
 
 
+@fusion_app.command("explain")
+@_guard
+def fusion_explain(
+    model: Annotated[Path, typer.Argument(help="A model folder (fusion fit), or a folder of fold models")],
+    store: Annotated[Path, typer.Argument(help="Store with the slides' features")],
+    out: Annotated[Path, typer.Option(help="PNG for one --slide, or a folder for --all (a CSV of scores beside each)")],
+    slide: Annotated[Optional[str], typer.Option(help="Slide id to draw")] = None,
+    all_slides: Annotated[bool, typer.Option("--all", help="Draw every slide of the feature set")] = False,
+    features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,
+) -> None:
+    """Attention heatmaps: the image branch's attention carried back to every patch, over the slide thumbnail."""
+    from fusion.explain import explain
+
+    if (slide is None) == (not all_slides):
+        raise ValueError("give one of --slide ID or --all")
+    res = explain(model, store, slide, out, features)
+    console.print(f"{len(res)} heatmap(s) with per-patch scores (CSV beside each) -> {out}")
+
+
 @fusion_app.command("heads")
 def fusion_heads() -> None:
     """List the registered heads."""
