@@ -593,6 +593,8 @@ def fusion_simulate(
     patients_from: Annotated[Optional[Path], typer.Option(help="Simulate image bags for this store's labelled patients")] = None,
     null: Annotated[Optional[str], typer.Option(help="image | genes: permute that modality across patients (no signal)")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set or tables of the same name in --out")] = False,
+    patches_from: Annotated[Optional[Path], typer.Option(help="Draw each bag from this store's real patch features "
+                                                         "(a model trained on it then applies to those slides)")] = None,
 ) -> None:
     """Write a SIMULATED cohort with planted signal (documented in fusion/simulate.py)."""
     from fusion.simulate import simulate_cohort
@@ -605,7 +607,7 @@ def fusion_simulate(
     simulate_cohort(out, patients=patients, patches=patches, dim=dim, genes=genes, gene_signal=gene_signal,
                     image_signal=image_signal, split=image_share, informative_fraction=informative_fraction,
                     image_pattern=image_pattern, null=null, seed=seed, overwrite=overwrite,
-                    patient_ids=ids, labels=labels, labels_out=labels_out).close()
+                    patient_ids=ids, labels=labels, labels_out=labels_out, patches_from=patches_from).close()
     console.print(f"[yellow]SIMULATED[/] cohort written to {out}" + (f" (labels: {labels_out})" if labels_out else ""))
 
 

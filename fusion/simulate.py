@@ -12,6 +12,10 @@ half in each, so only a model that uses both modalities can recover it all. (Wit
   ``image_pattern="minority"``: they move by ``3 * image_signal * max(z_i, 0) * u`` with a random sign
   per patch, so the bag mean carries no signal in expectation and only a model that looks at single
   patches (attention MIL) can find it.
+- ``patches_from`` (a store with real patch features): each bag is ``patches`` real patches drawn from that
+  store's feature set instead of N(0, 1) noise, the signal scaled by the patches' own spread, and the
+  feature set keeps the real one's encoder settings, so a model trained on the simulated cohort applies
+  to (and ``fusion explain`` draws on) the real slides.
 - ``null="image"`` gives each patient another patient's bag (a random permutation), ``null="genes"``
   another patient's expression row: that modality then carries no signal about the label at all.
 Everything written is marked ``simulated`` (feature-set config, slide provenance, table provenance).
@@ -39,7 +43,7 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                     image_pattern: str = "shift", null: str | None = None,
                     seed: int = 0, patient_ids: list[str] | None = None, labels: dict[str, str] | None = None,
                     feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None,
-                    overwrite: bool = False) -> Store:
+                    overwrite: bool = False, patches_from: str | Path | None = None) -> Store:
     """Write a simulated cohort into the store ``out`` (created or extended) and return it open.
 
     With ``patient_ids``/``labels`` (e.g. a real cohort's), image bags are simulated for those patients
@@ -91,11 +95,25 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                   "informative_fraction": informative_fraction, "image_pattern": image_pattern}
     config = {"source": "simulated", "note": SIMULATED, "dim": dim, "patches": patches, **provenance,
               "encoder": "simulated"}
+    pool = pool_coords = None
+    scale = 1.0
+    if patches_from is not None:
+        pool, pool_coords, real_config = _real_patches(patches_from)
+        dim = pool.shape[1]
+        scale = float(pool.std(0).mean())
+        config = {**real_config, **config, "dim": dim, "encoder": real_config.get("encoder"),
+                  "patches_from": str(patches_from)}
     store.create_feature_set(feature_set, config, config_hash(config))
     direction = rng.standard_normal(dim)
     direction /= np.linalg.norm(direction)
+    direction *= scale
     for i, p in enumerate(patient_ids):
-        bag = rng.standard_normal((patches, dim)).astype(np.float32)
+        if pool is None:
+            bag = rng.standard_normal((patches, dim)).astype(np.float32)
+            coords = np.stack([np.arange(patches) * 224, np.zeros(patches)], 1).astype(np.int64)
+        else:
+            pick = rng.choice(len(pool), patches, replace=len(pool) < patches)
+            bag, coords = pool[pick].copy(), pool_coords[pick]
         k = max(1, int(round(informative_fraction * patches)))
         rows = rng.choice(patches, k, replace=False)
         if image_pattern == "shift":
@@ -103,7 +121,6 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         else:
             signs = rng.choice([-1.0, 1.0], size=(k, 1))
             bag[rows] += (image_signal * max(z_i[i], 0.0) * 3.0) * signs * direction
-        coords = np.stack([np.arange(patches) * 224, np.zeros(patches)], 1).astype(np.int64)
         store.write_slide(feature_set, f"{p}-SIM", bag.astype(np.float16), coords, np.ones(patches, np.float32),
                           {"patient_id": p, "provenance": {**provenance, "informative_rows": np.sort(rows).tolist()}})
     if with_genes and labels is None:
@@ -119,3 +136,15 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
             w.writerow(["patient_id", "label"])
             w.writerows(zip(patient_ids, label_names))
     return store
+
+
+def _real_patches(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every patch of a store's (only) feature set, their coordinates, and the feature set's config."""
+    with open_store(path) as src:
+        name = src.resolve("features", None)
+        slides = [src.read_slide(name, sid) for sid in src.slides(name)]
+        if not slides:
+            raise StoreError(f"{path}: feature set {name!r} holds no slides to draw patches from")
+        config = src.feature_set_info(name).get("config", {})
+    return (np.concatenate([s.features for s in slides]).astype(np.float32),
+            np.concatenate([s.coords for s in slides]), config)

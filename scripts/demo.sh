@@ -24,4 +24,16 @@ $BIN/featstore ls $STORE
 
 echo "== 4. leaderboard: real genes + real labels, SIMULATED image bags"
 $BIN/fusion bench $STORE --out $OUT/bench --epochs 60
-echo "leaderboard written to $OUT/bench/leaderboard.md"
+echo "leaderboard: $OUT/bench/leaderboard.md; the whole run as one page: $OUT/bench/report.html"
+
+echo "== 5. a model trained on every patient, saved, and applied to the store (SIMULATED image bags)"
+$BIN/fusion fit $STORE --head cross_attn --out $OUT/model --epochs 60
+$BIN/fusion predict $OUT/model $STORE --out $OUT/predictions.csv
+head -4 $OUT/predictions.csv
+
+echo "== 6. attention heatmaps on the REAL slides: a model fitted to SIMULATED bags drawn from their own patches"
+$BIN/fusion simulate --out $OUT/heat-train.zarr --patches-from $OUT/slides.zarr --patients 120 --patches 32 \
+  --image-share 1.0 --image-signal 2.0
+$BIN/fusion fit $OUT/heat-train.zarr --head image_abmil --out $OUT/heat-model --epochs 40 --label-map none
+$BIN/fusion explain $OUT/heat-model $OUT/slides.zarr --all --out $OUT/heatmaps
+ls $OUT/heatmaps

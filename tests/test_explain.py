@@ -13,6 +13,7 @@ from featstore.tissue import tissue_mask
 from fusion.api import CVOptions
 from fusion.explain import draw, explain
 from fusion.model import fit
+from fusion.simulate import simulate_cohort
 from fusion.train import TrainConfig
 
 from .conftest import CMU, TILES
@@ -23,27 +24,18 @@ CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, t
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The real CMU slide extracted, plus 40 SIMULATED training bags drawn from its own patches (a planted
-    shift along one direction for the positives), in the same feature set; image_abmil fitted on them."""
+    """The real CMU slide extracted; image_abmil fitted on a SIMULATED cohort whose bags are drawn from that
+    slide's own patches (fusion simulate --patches-from), so the model applies to the real slide."""
     tmp = tmp_path_factory.mktemp("explain")
     store = tmp / "s.zarr"
     assert extract(find_slides([CMU]), store, CFG, num_workers=0).done == [SLIDE]
-    rng = np.random.default_rng(0)
-    with featstore.open(store, "a") as s:
-        real = s.read_slide(None, SLIDE)
-        direction = rng.normal(0, 1, real.features.shape[1]).astype(np.float32)
-        ids, labels = [], []
-        for i in range(40):
-            pick = rng.choice(len(real.features), len(real.features) // 2, replace=False)
-            feats = real.features[pick].astype(np.float32) + (i % 2) * 0.5 * direction
-            s.write_slide("resnet50-trunc", f"SIM-{i:02d}", feats.astype(np.float16), real.coords[pick], None,
-                          {"patient_id": f"SIM-{i:02d}", "slide_path": str(CMU), "simulated": True,
-                           "provenance": real.attrs["provenance"]})
-            ids.append(f"SIM-{i:02d}")
-            labels.append(["neg", "pos"][i % 2])
-        s.write_labels("labels", featstore.LabelTable(ids, labels, labels, {"simulated": True}))
-    fit(store, "image_abmil", CVOptions(label_map=None, view_k=8, train=TrainConfig(epochs=20, patience=5,
-                                                                                      token_dim=16)), tmp / "model")
+    simulate_cohort(tmp / "train.zarr", patients=60, patches=24, genes=20, image_signal=2.0, split=1.0,
+                    patches_from=store).close()
+    with featstore.open(tmp / "train.zarr") as s:
+        config = s.feature_set_info("simulated")["config"]
+        assert config["simulated"] is True and config["encoder"] == "resnet50-trunc"
+    fit(tmp / "train.zarr", "image_abmil", CVOptions(label_map=None, view_k=8, train=TrainConfig(
+        epochs=20, patience=5, token_dim=16)), tmp / "model")
     return store, tmp / "model"
 
 
@@ -79,8 +71,6 @@ def test_explain_every_slide_of_a_store_including_a_tile_folder_and_refusals(tra
     with pytest.raises(ValueError, match="slide 'nope' is not in feature set"):
         explain(model, store, "nope")
     gene_model = tmp_path / "genes"
-    from fusion.simulate import simulate_cohort
-
     simulate_cohort(tmp_path / "sim.zarr", patients=60, patches=8, dim=8, genes=20, seed=0).close()
     fit(tmp_path / "sim.zarr", "image_mean", CVOptions(label_map=None, train=TrainConfig(epochs=3)), gene_model)
     with pytest.raises(ValueError, match="no attention over patches to explain"):
