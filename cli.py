@@ -363,31 +363,27 @@ def extract(
 # fusion
 
 
-# The options every training command shares: (name, type, typer option). One list, so `cv` and `bench`
-# cannot drift apart; `_with_cv_options` adds them to a command and hands it a ready CVOptions.
-_CV_OPTIONS: list[tuple[str, type, object]] = [
-    ("features", Optional[str], typer.Option(None, help="Feature set (optional when the store has one)")),
-    ("genes", Optional[str], typer.Option(None, help="Expression table (optional when the store has one)")),
-    ("labels", Optional[str], typer.Option(None, help="Labels CSV (patient_id,label) or a labels table in the store")),
-    ("label_map", str, typer.Option("pam50-binary", help="pam50-binary | none (for --labels CSV)")),
-    ("folds", int, typer.Option(5, help="K in K-fold")),
-    ("repeats", int, typer.Option(1, help="Repeats with new shuffles")),
-    ("seed", int, typer.Option(0, help="Seed for splits, initialisation and bootstrap")),
-    ("split", str, typer.Option("patient", help="patient | site (TCGA tissue source site kept apart)")),
-    ("splits", Optional[str], typer.Option(None, help="Read folds from a splits.csv")),
-    ("exclude_genes", Optional[str], typer.Option(None, help="pam50, or a file of gene symbols to leave out")),
-    ("missing", str, typer.Option("drop", help="drop | mask: patients missing a modality")),
-    ("view_k", int, typer.Option(16, help="Tokens per patient in the cached compact view")),
-    ("epochs", int, typer.Option(200, help="Maximum epochs (early stopping on inner validation)")),
-    ("top_genes", int, typer.Option(2000, help="Most variable genes kept (fitted per fold)")),
-    ("threads", Optional[int], typer.Option(None, help="CPU threads for torch/XGBoost")),
-    ("snn", bool, typer.Option(False, help="SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)")),
-    ("calibrate", str, typer.Option("platt", help="none | platt | isotonic: probability calibration fitted on each "
-                                    "fold's inner validation rows")),
-    ("strict", bool, typer.Option(False, help="With --missing mask, refuse when having a modality predicts the label")),
-    ("save_models", bool, typer.Option(False, help="Keep each fold's model under <out>/<head>/models/ (torch heads), "
-                                       "for fusion predict to average")),
-]
+def _cv_options() -> list[tuple[str, object, object, str]]:
+    """(name, type, typer option, owner) for every field of CVOptions and TrainConfig that is an option: they
+    are defined once, with their defaults and help, in fusion/api.py and fusion/train.py."""
+    import dataclasses
+    import types
+    import typing
+
+    from fusion.api import CVOptions
+    from fusion.train import TrainConfig
+
+    out = []
+    for owner, cls in (("cv", CVOptions), ("train", TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if "help" not in f.metadata:
+                continue
+            t = hints[f.name]
+            if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+                t = Optional[next(a for a in typing.get_args(t) if a is not type(None))]
+            out.append((f.name, t, typer.Option(f.default, help=f.metadata["help"]), owner))
+    return out
 
 
 def _with_cv_options(fn):
@@ -396,21 +392,18 @@ def _with_cv_options(fn):
     import inspect
     import typing
 
-    names = [n for n, _, _ in _CV_OPTIONS]
+    shared = _cv_options()
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from fusion.api import CVOptions
         from fusion.train import TrainConfig
 
-        o = {n: kwargs.pop(n) for n in names}
-        opts = CVOptions(features=o["features"], genes=o["genes"], labels=o["labels"],
-                         label_map=None if o["label_map"] == "none" else o["label_map"], folds=o["folds"],
-                         repeats=o["repeats"], seed=o["seed"], split=o["split"], splits_file=o["splits"],
-                         exclude_genes=o["exclude_genes"], missing=o["missing"], view_k=o["view_k"], strict=o["strict"],
-                         save_models=o["save_models"],
-                         train=TrainConfig(epochs=o["epochs"], top_genes=o["top_genes"], threads=o["threads"],
-                                           snn=o["snn"], calibrate=o["calibrate"], seed=o["seed"]))
+        given = {owner: {n: kwargs.pop(n) for n, _, _, o in shared if o == owner} for owner in ("cv", "train")}
+        cv = given["cv"]
+        if cv["label_map"] == "none":
+            cv["label_map"] = None
+        opts = CVOptions(**cv, train=TrainConfig(**given["train"], seed=cv["seed"]))
         return fn(*args, opts=opts, **kwargs)
 
     # The command's own annotations are strings here (postponed evaluation): resolve them, keeping Annotated's
@@ -418,9 +411,9 @@ def _with_cv_options(fn):
     hints = typing.get_type_hints(fn, include_extras=True)
     own = [p.replace(annotation=hints.get(p.name, p.annotation))
            for p in inspect.signature(fn).parameters.values() if p.name != "opts"]
-    shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt in _CV_OPTIONS]
-    wrapper.__signature__ = inspect.Signature(own + shared)
-    wrapper.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _ in _CV_OPTIONS}}
+    params = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt, _ in shared]
+    wrapper.__signature__ = inspect.Signature(own + params)
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: t for n, t, _, _ in shared}}
     return wrapper
 
 

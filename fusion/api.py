@@ -30,24 +30,34 @@ def pam50_genes() -> set[str]:
     return {ln.strip() for ln in PAM50_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
 
 
+def option(default, help: str):  # noqa: A002 - the word Typer uses
+    """A field that is also a command-line option of cv, bench and fit (cli.py builds the options from these)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class CVOptions:
-    features: str | None = None
-    genes: str | None = None
-    labels: str | None = None
-    label_map: str | None = "pam50-binary"
-    folds: int = 5
-    repeats: int = 1
-    seed: int = 0
-    split: str = "patient"
-    splits_file: str | None = None
-    exclude_genes: str | None = None  # "pam50" or a file of symbols
-    missing: str = "drop"
-    view_k: int = 16
-    view_method: str = "kmeans"
-    bootstrap: int = 1000
-    strict: bool = False  # refuse a run whose missing-modality pattern alone predicts the label
-    save_models: bool = False  # keep each fold's model (torch heads) under <out>/models/ for fusion predict
+    """Everything a training run is given besides the store and the head: the one definition of the options
+    of ``fusion cv``, ``bench`` and ``fit`` (with ``TrainConfig``), so they cannot drift."""
+
+    features: str | None = option(None, "Feature set (optional when the store has one)")
+    genes: str | None = option(None, "Expression table (optional when the store has one)")
+    labels: str | None = option(None, "Labels table in the store (optional when it has one)")
+    labels_csv: str | None = option(None, "Labels from a CSV instead (patient_id,label), read with --label-map")
+    label_map: str | None = option("pam50-binary", "pam50-binary | none")
+    folds: int = option(5, "K in K-fold")
+    repeats: int = option(1, "Repeats with new shuffles")
+    seed: int = option(0, "Seed for splits, initialisation and bootstrap")
+    split: str = option("patient", "patient | site (TCGA tissue source site kept apart)")
+    splits_file: str | None = option(None, "Read the folds from a splits.csv")
+    exclude_genes: str | None = option(None, "pam50, or a file of gene symbols to leave out")
+    missing: str = option("drop", "drop | mask: patients missing a modality")
+    view_k: int = option(16, "Tokens per patient in the cached compact view")
+    view_method: str = option("kmeans", "kmeans (prototypes) | sample (random patches)")
+    bootstrap: int = option(1000, "Bootstrap resamples for the CIs")
+    strict: bool = option(False, "With --missing mask, refuse when having a modality predicts the label")
+    save_models: bool = option(False, "Keep each fold's model under <out>/<head>/models/ (torch heads), for "
+                                      "fusion predict to average")
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -82,7 +92,8 @@ def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, Vi
     """One cohort for all the heads (patients with every modality any head uses) and the cached view."""
     use_g = any(GENES in get_head(h).modalities for h in heads)
     use_i = any(IMAGE in get_head(h).modalities for h in heads)
-    cohort = load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing)
+    cohort = load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing,
+                         labels_csv=opts.labels_csv)
     view = None
     if use_i:
         view = build_view(store, cohort.feature_set, cohort.slides, opts.view_k, opts.view_method, opts.seed,

@@ -37,21 +37,24 @@ class Cohort:
 
 
 def load_cohort(store: Store, features: str | None = None, genes: str | None = None,
-                labels: str | Path | None = None, label_map: str | None = "pam50-binary",
+                labels: str | None = None, label_map: str | None = "pam50-binary",
                 use_genes: bool = True, use_image: bool = True, missing: str = "drop",
-                label_id_column: str = "patient_id", label_column: str = "label") -> Cohort:
+                label_id_column: str = "patient_id", label_column: str = "label",
+                labels_csv: str | Path | None = None) -> Cohort:
     """Build the cohort for a head that uses ``use_genes``/``use_image``.
 
-    ``labels`` is a CSV path (read with ``label_map``) or the name of a labels table in the store
-    (default: the only one). ``missing="drop"`` keeps patients with every modality the head uses;
+    ``labels`` names a labels table in the store (default: the only one); ``labels_csv`` reads a CSV
+    instead, with ``label_map``. ``missing="drop"`` keeps patients with every modality the head uses;
     ``"mask"`` keeps patients with at least one, for modality-masked training.
     """
     if missing not in ("drop", "mask"):
         raise ValueError(f"missing must be 'drop' or 'mask', got {missing!r}")
-    if labels is not None and Path(str(labels)).suffix.lower() in (".csv", ".tsv", ".gz", ".txt"):
-        table, _ = read_labels(labels, id_column=label_id_column, label_column=label_column, label_map=label_map)
+    if labels is not None and labels_csv is not None:
+        raise ValueError("give a labels table (--labels) or a labels CSV (--labels-csv), not both")
+    if labels_csv is not None:
+        table, _ = read_labels(labels_csv, id_column=label_id_column, label_column=label_column, label_map=label_map)
     else:
-        table = store.read_labels(None if labels is None else str(labels))
+        table = store.read_labels(labels)
     counts = Counter(table.labels)
     if len(counts) != 2:
         raise ValueError(f"binary classification needs exactly two classes, the labels have {dict(counts)}")

@@ -23,20 +23,27 @@ from fusion.preprocess import fit_gene_transform, fit_token_pca
 from fusion.views import View
 
 
+def _option(default, help: str):  # noqa: A002 - the word Typer uses
+    """A field that is also a command-line option (cli.py builds the options from these)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    patience: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    inner_val: float = 0.15
-    top_genes: int | None = 2000
-    token_dim: int | None = 128  # fold-local PCA of the tokens; None keeps the encoder's dimension
-    snn: bool = False
-    calibrate: str = "platt"  # fitted on each fold's inner validation rows (fusion/calibration.py)
-    threads: int | None = None
-    seed: int = 0
+    epochs: int = _option(200, "Maximum epochs (early stopping on inner validation)")
+    patience: int = _option(20, "Epochs without improvement of the inner-validation loss before stopping")
+    batch_size: int = _option(64, "Patients per step, per fold model")
+    lr: float = _option(1e-3, "AdamW learning rate")
+    weight_decay: float = _option(1e-4, "AdamW weight decay")
+    inner_val: float = _option(0.15, "Share of each fold's training part held out for early stopping, "
+                                     "calibration and the threshold")
+    top_genes: int | None = _option(2000, "Most variable genes kept (fitted per fold)")
+    token_dim: int | None = _option(128, "Fold-local PCA of the tokens to this dimension")
+    snn: bool = _option(False, "SELU + AlphaDropout gene encoder (MCAT/PORPOISE SNN)")
+    calibrate: str = _option("platt", "none | platt | isotonic: calibration fitted on each fold's inner "
+                                      "validation rows")
+    threads: int | None = _option(None, "CPU threads for torch/XGBoost")
+    seed: int = 0  # set from the run's --seed
 
 
 @dataclass

@@ -62,6 +62,30 @@ def test_every_option_of_every_command_has_help():
     assert "--image-share" in simulate and "--split" not in simulate
 
 
+def test_training_options_are_defined_once_and_reach_the_run(tmp_path):
+    """cv, bench and fit take exactly the fields of CVOptions and TrainConfig that carry help; a flag set on
+    the command line is the value the run used."""
+    import dataclasses
+
+    from fusion.api import CVOptions
+    from fusion.simulate import simulate_cohort
+    from fusion.train import TrainConfig
+
+    flags = {"--" + f.name.replace("_", "-") for cls in (CVOptions, TrainConfig) for f in dataclasses.fields(cls)
+             if "help" in f.metadata}
+    assert {"--labels-csv", "--calibrate", "--patience", "--inner-val", "--save-models"} <= flags
+    for cmd in ("cv", "bench", "fit"):
+        out = runner.invoke(fusion_app, [cmd, "--help"], env={"COLUMNS": "400"}).output
+        assert all(f in out for f in flags), (cmd, [f for f in flags if f not in out])
+    simulate_cohort(tmp_path / "s.zarr", patients=60, patches=8, dim=8, genes=20, seed=0).close()
+    r = runner.invoke(fusion_app, ["cv", str(tmp_path / "s.zarr"), "--head", "gene_mlp", "--label-map", "none",
+                                   "--calibrate", "isotonic", "--patience", "2", "--epochs", "4", "--bootstrap", "50",
+                                   "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["calibration"]["method"] == "isotonic" and max(metrics["epochs"]) <= 4
+
+
 def test_errors_are_one_line_and_a_mistyped_store_is_never_created(tmp_path):
     typo = tmp_path / "typo.zarr"
     for app, args in ((fusion_app, ["cv", str(typo), "--head", "logreg"]),
