@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import warnings
@@ -417,6 +418,29 @@ def _with_cv_options(fn):
     return wrapper
 
 
+@contextlib.contextmanager
+def _steps(what: str, quiet: bool):
+    """A progress bar over named steps (``step(name, done, total)``), on stderr when it is a terminal; nothing
+    when quiet (nor in a pipe or a log, where a bar is only noise)."""
+    if quiet or not err.is_terminal:
+        yield lambda *_: None
+        return
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True)
+    task = progress.add_task(what, total=None)
+
+    def step(name: str, done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, description=f"{what}: {name}", completed=done, total=total)
+
+    try:
+        yield step
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
 def _print_summary(metrics: dict) -> None:
     t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, positive class {metrics['positive_class']}"
               + (" [SIMULATED data]" if metrics.get("simulated") else ""))
@@ -449,16 +473,26 @@ def _print_summary(metrics: dict) -> None:
 def fusion_cv(
     store: Annotated[Path, typer.Argument(help="Feature store")],
     head: Annotated[str, typer.Option(help="A registered head (fusion heads lists them)")] = "cross_attn",
-    out: Annotated[Optional[Path], typer.Option(help="Write metrics.json, predictions.csv, splits.csv, curves.png")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write metrics.json, predictions.csv, splits.csv, curves.png, "
+                                                "report.html")] = None,
+    quiet: Annotated[bool, typer.Option(help="One line (pooled ROC-AUC and its CI) instead of the tables")] = False,
     opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
     """Cross-validate one head: all folds at once, fold-local preprocessing, bootstrap CIs, modality check."""
     from fusion.api import cv
 
-    run = cv(store, head, opts, out)
+    with _steps("cross-validating", quiet) as step:
+        step(head, 0, 1)
+        run = cv(store, head, opts, out)
+    if quiet:
+        s = run.metrics["summary"]["roc_auc"]
+        console.print(f"{head}: ROC-AUC {s['pooled']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
+        for w in run.metrics.get("warnings", []):
+            err.print(w, style="bold red", soft_wrap=True, highlight=False, markup=False)
+        return
     _print_summary(run.metrics)
     if out:
-        console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, curves.png")
+        console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, curves.png, report.html")
 
 
 @fusion_app.command("bench")
@@ -468,12 +502,15 @@ def fusion_bench(
     store: Annotated[Path, typer.Argument(help="Feature store")],
     heads: Annotated[str, typer.Option(help="all, or a comma list")] = "all",
     out: Annotated[Optional[Path], typer.Option(help="Folder for leaderboard.csv/.md and per-head results")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar; only the leaderboard")] = False,
     opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
     """Every head on identical folds; a sorted leaderboard with CIs and paired tests against the best unimodal head."""
     from fusion.api import bench
 
-    rows, runs = bench(store, "all" if heads == "all" else [h.strip() for h in heads.split(",")], opts, out)
+    names = "all" if heads == "all" else [h.strip() for h in heads.split(",")]
+    with _steps("heads", quiet) as step:
+        rows, runs = bench(store, names, opts, out, on_head=step)
     first = next(iter(runs.values())).metrics
     t = Table(title=f"leaderboard: {first['n_patients']} patients, positive class {first['positive_class']}"
               + (" [SIMULATED data]" if first.get("simulated") else ""))
@@ -500,15 +537,19 @@ def fusion_fit(
     store: Annotated[Path, typer.Argument(help="Feature store with the training patients")],
     out: Annotated[Path, typer.Option(help="Model folder to write (model.json, preprocess.npz, weights.pt)")],
     head: Annotated[str, typer.Option(help="A registered torch head (fusion heads lists them)")] = "cross_attn",
+    quiet: Annotated[bool, typer.Option(help="No progress display; only errors and warnings")] = False,
     opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
     """Train one head on every labelled patient (inner validation for early stopping, calibration, threshold)."""
     from fusion.model import fit
 
-    res = fit(store, head, opts, out)
+    with _steps("training", quiet) as step:
+        step(head, 0, 1)
+        res = fit(store, head, opts, out)
     m = res["model"]
-    console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} (threshold "
-                  f"{m['threshold']:.3f}, calibration {m['calibrator']['method']})")
+    if not quiet:
+        console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} (threshold "
+                      f"{m['threshold']:.3f}, calibration {m['calibrator']['method']})")
 
 
 @fusion_app.command("predict")
@@ -521,18 +562,21 @@ def fusion_predict(
                                                      "with a patient_id column); default: all who have the inputs")] = None,
     features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,
     genes: Annotated[Optional[str], typer.Option(help="Expression table (optional when the store has one)")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress display; only errors and warnings")] = False,
 ) -> None:
     """Score new patients with a trained model (or the mean of a fold ensemble); refuses other feature sets."""
     from fusion.model import predict, read_patient_list, write_predictions
 
     ids = read_patient_list(patients) if patients else None
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _steps("scoring", quiet) as step:
         warnings.simplefilter("always")
+        step(str(model), 0, 1)
         pids, p, models = predict(model, store, ids, features, genes)
     for w in caught:
         err.print(f"warning: {w.message}", soft_wrap=True, highlight=False, markup=False)
     write_predictions(out, pids, p, models)
-    console.print(f"{len(pids)} patients scored with {len(models)} model(s) of {models[0].meta['head']} -> {out}")
+    if not quiet:
+        console.print(f"{len(pids)} patients scored with {len(models)} model(s) of {models[0].meta['head']} -> {out}")
 
 
 @fusion_app.command("explain")
@@ -544,14 +588,18 @@ def fusion_explain(
     slide: Annotated[Optional[str], typer.Option(help="Slide id to draw")] = None,
     all_slides: Annotated[bool, typer.Option("--all", help="Draw every slide of the feature set")] = False,
     features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress display; only errors and warnings")] = False,
 ) -> None:
     """Attention heatmaps: the image branch's attention carried back to every patch, over the slide thumbnail."""
     from fusion.explain import explain
 
     if (slide is None) == (not all_slides):
         raise ValueError("give one of --slide ID or --all")
-    res = explain(model, store, slide, out, features)
-    console.print(f"{len(res)} heatmap(s) with per-patch scores (CSV beside each) -> {out}")
+    with _steps("drawing", quiet) as step:
+        step(slide or "every slide", 0, 1)
+        res = explain(model, store, slide, out, features)
+    if not quiet:
+        console.print(f"{len(res)} heatmap(s) with per-patch scores (CSV beside each) -> {out}")
 
 
 @fusion_app.command("heads")

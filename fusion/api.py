@@ -235,8 +235,9 @@ def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: st
 
 
 def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
-          out: str | Path | None = None) -> tuple[list[dict], dict[str, CVRun]]:
-    """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC."""
+          out: str | Path | None = None, on_head=None) -> tuple[list[dict], dict[str, CVRun]]:
+    """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC.
+    ``on_head(head, done, total)`` is called as each head starts (a progress bar)."""
     names = list_heads() if heads == "all" else list(heads)
     for h in names:
         get_head(h)
@@ -247,8 +248,11 @@ def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOption
         prov = provenance(store, cohort)
         info = {h: model_meta(store, cohort, h, opts) for h in names} if opts.save_models else {}
     assign = _assignments(opts, cohort)
-    runs = {h: run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h))
-            for h in names}
+    runs = {}
+    for k, h in enumerate(names):
+        if on_head is not None:
+            on_head(h, k, len(names))
+        runs[h] = run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h))
     unimodal = [h for h in names if not get_head(h).multimodal]
     best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
     rows = []

@@ -85,7 +85,10 @@ def test_cv_save_models_and_the_cli_predict_the_mean_of_the_fold_ensemble(store,
     assert len(folders) == 5
     r = runner.invoke(fusion_app, ["predict", str(tmp_path / "cv" / "models"), str(store), "--out",
                                    str(tmp_path / "p.csv")])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0 and "100 patients scored with 5 model(s) of concat" in r.output, r.output
+    r = runner.invoke(fusion_app, ["predict", str(tmp_path / "cv" / "models"), str(store), "--out",
+                                   str(tmp_path / "p.csv"), "--quiet"])
+    assert r.exit_code == 0 and r.output == "", r.output
     with open(tmp_path / "p.csv") as fh:
         rows = list(csv.DictReader(fh))
     each = [predict(f, store)[1] for f in folders]
