@@ -60,7 +60,8 @@ def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
 def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> float:
     """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
     the pipeline can reach when reading, not inference, is the slower half."""
-    from featstore.extract import PatchReader, _default_workers
+    from featstore.extract import PatchReader
+    from featstore.extract.run import _default_workers
 
     workers = _default_workers() if num_workers is None else num_workers
     n, t0 = 0, time.perf_counter()

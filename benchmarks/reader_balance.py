@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from extract_throughput import make_pyramid  # noqa: E402
 from results_table import append_rows  # noqa: E402
 
-from featstore.extract import ExtractConfig, PatchReader, _PatchStream, _ReaderCache, find_slides  # noqa: E402
+from featstore.extract import ExtractConfig, PatchReader, find_slides  # noqa: E402
+from featstore.extract.pool import _PatchStream, _ReaderCache  # noqa: E402
 
 COLUMNS = ["date", "machine", "slides", "workers", "patches", "extract (shared ranges), patches/s",
            "whole slides, claimed (previous code), patches/s", "round-robin, in turn (earliest code), patches/s",

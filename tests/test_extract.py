@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 import featstore
-from featstore.distributed import run_on_dask
 from featstore.encoders import WeightsError, build_encoder
-from featstore.extract import ExtractConfig, PatchEmbedder, _EventLog, extract, find_slides, read_patch, shard
+from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, read_patch, shard
+from featstore.extract.dask import run_on_dask
+from featstore.extract.events import _EventLog
 from featstore.slides import open_slide
 from featstore.tiling import Geometry
 
@@ -150,7 +151,8 @@ def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
     report = extract(find_slides([d]), store, CFG, num_workers=2, on_event=events.append)
     assert sorted(report.done) == ["CMU-copy0", "CMU-copy1", "CMU-copy2"]
     assert set(report.failed) == {"truncated", "not-a-slide"}
-    assert "cannot open" in report.failed["not-a-slide"]
+    assert "OpenSlide cannot read this .svs file" in report.failed["not-a-slide"]
+    assert "truncated or damaged" in report.failed["truncated"], report.failed
     assert {e["event"] for e in events} >= {"run_start", "slide_done", "slide_failed", "run_end", "progress"}
     assert (tmp_path / "s.zarr.events.jsonl").read_text().count("slide_done") == 3
     again = extract(find_slides([d]), store, CFG, num_workers=0)

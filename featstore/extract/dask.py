@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from featstore.extract import ExtractConfig, ExtractReport, SlideSpec, _EventLog
+from featstore.extract.config import ExtractConfig, ExtractReport, SlideSpec
+from featstore.extract.events import _EventLog
 from featstore.store import now_iso
 from featstore.store import open as open_store
 
 
 def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
                  batch_size: int, mpp_default: float | None) -> dict:
-    from featstore.extract import extract
+    from featstore.extract.run import extract
 
     # In-process reading (no DataLoader workers): Dask already runs one slide per worker slot.
     report = extract([spec], store_path, config, name=name, device=device, batch_size=batch_size,

@@ -1,0 +1,277 @@
+"""The reader pool: DataLoader workers that claim slides, largest first, and share a big slide's row ranges."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from featstore.extract.config import ExtractConfig, SlideSpec
+from featstore.extract.plan import SlidePlan, plan_slide, read_patch
+from featstore.slides import SlideError, open_slide
+from featstore.tiling import Geometry
+
+# A slide shared between reader workers goes out in ranges of 4 to 32 chunks (128 to 1,024 patches at
+# the default chunk of 32): at most about a second of one worker's reading, so the last range ends the
+# run soon, and at least enough to repay the slide's opening by another worker.
+MIN_RANGE_CHUNKS, MAX_RANGE_CHUNKS = 4, 32
+
+
+class _ReaderCache:
+    """The slide a worker last opened, kept open: a worker reading ranges of a shared slide opens it once.
+    One slot, so a worker holds at most one slide's tile cache."""
+
+    def __init__(self):
+        self.idx, self.reader = None, None
+
+    def get(self, idx: int, open_reader: Callable[[], Any]) -> Any:
+        if idx != self.idx:
+            self.close()
+            self.reader, self.idx = open_reader(), idx
+        return self.reader
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        self.idx, self.reader = None, None
+
+
+class _PatchStream(IterableDataset):
+    """Runs in each reader worker. Yields ('plan', i, plan), ('patches', i, start, uint8 NHWC),
+    ('error', i, reason) and ('split', i, first row, end row, range size), for :class:`PatchReader` to hand on.
+
+    A worker reads a shared row range if one is waiting, else claims the next unclaimed slide from a
+    shared counter, plans it and reads it. When it finds nothing to claim it waits for shared ranges,
+    and counts itself idle: a worker reading a slide that sees idle ones keeps its share of the rows
+    left and hands the rest back (a 'split', given out as ranges), so a cohort's last big slide, or a
+    single big slide, is read by every worker instead of one. With fewer than two workers nothing is
+    shared. One pass per instance.
+    """
+
+    def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
+                 chunk: int, share: bool):
+        self.specs, self.cfg, self.mpp_default, self.chunk = specs, cfg, mpp_default, chunk
+        self.min_range, self.max_range = MIN_RANGE_CHUNKS * chunk, MAX_RANGE_CHUNKS * chunk
+        ctx = multiprocessing.get_context()  # all shared with the worker processes
+        self._next = ctx.Value("i", 0)
+        self._idle = ctx.Value("i", 0)  # workers waiting for a range
+        self._pending = ctx.Value("i", 0)  # ranges split off and not yet taken
+        self.failed = ctx.Array("b", max((i for i, _ in specs), default=0) + 1, lock=False)
+        self.ranges = ctx.Queue() if share else None
+        self._ppid: int | None = None  # in a worker: its parent (the main process, or a fork server)
+        self._spec = dict(specs)
+
+    def __iter__(self) -> Iterator[tuple]:
+        self._ppid = os.getppid() if get_worker_info() is not None else None
+        readers = _ReaderCache()
+        try:
+            while (unit := self._next_unit()) is not None:
+                if unit[0] == "slide":
+                    yield from self._slide(unit[1], readers)
+                else:
+                    yield from self._range(*unit[1:], readers)
+        finally:
+            readers.close()
+
+    def _next_unit(self) -> tuple | None:
+        if self.ranges is not None and not self.ranges.empty():
+            try:
+                return self._took(self.ranges.get(timeout=0.01))
+            except queue.Empty:
+                pass  # another worker took it
+        with self._next.get_lock():
+            i = self._next.value
+            self._next.value += 1
+        if i < len(self.specs):
+            return ("slide", self.specs[i][0])
+        if self.ranges is None:
+            return None
+        with self._idle.get_lock():
+            self._idle.value += 1
+        try:
+            while True:
+                try:
+                    return self._took(self.ranges.get(timeout=1.0))  # a range, or None: every slide is read
+                except queue.Empty:
+                    if self._orphaned():
+                        return None
+        finally:
+            with self._idle.get_lock():
+                self._idle.value -= 1
+
+    def _orphaned(self) -> bool:
+        """The main process is gone (killed): a worker stops instead of reading on for nobody. As torch's
+        own worker watchdog does, a worker watches for its parent process changing."""
+        return self._ppid is not None and os.getppid() != self._ppid
+
+    def _took(self, unit: tuple | None) -> tuple | None:
+        if unit is not None:
+            with self._pending.get_lock():
+                self._pending.value -= 1
+        return unit
+
+    def count_pending(self, split: tuple, sign: int = 1) -> None:
+        """Counted by the worker that splits, before the ranges exist, so that it does not split again
+        for the same idle workers; uncounted by the main process for a split it never hands out."""
+        _, _, first, stop, size = split
+        with self._pending.get_lock():
+            self._pending.value += sign * -(-(stop - first) // size)
+
+    def _open(self, idx: int):
+        spec = self._spec[idx]
+        return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.reader == "auto")
+
+    def _slide(self, idx: int, readers: _ReaderCache) -> Iterator[tuple]:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reader = readers.get(idx, lambda: self._open(idx))
+            plan = plan_slide(reader, self.cfg, self._spec[idx], self.mpp_default)
+            plan.info["warnings"] = [str(w.message) for w in caught]
+        except Exception as exc:  # one bad slide never stops the others
+            yield ("error", idx, _reason(exc))
+            return
+        yield ("plan", idx, plan)
+        yield from self._read(idx, reader, plan.geometry, plan.coords, 0, owner=True)
+
+    def _range(self, idx: int, start: int, coords: np.ndarray, geom: Geometry, readers: _ReaderCache) -> Iterator[tuple]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the slide's owner has recorded them
+                reader = readers.get(idx, lambda: self._open(idx))
+        except Exception as exc:
+            yield ("error", idx, _reason(exc))
+            return
+        yield from self._read(idx, reader, geom, coords, start, owner=False)
+
+    def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[tuple]:
+        """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks."""
+        pos, end = 0, len(coords)
+        may_split = owner and self.ranges is not None and reader.shareable
+        try:
+            while pos < end and not self.failed[idx] and not self._orphaned():
+                # Idle workers with no range waiting for them: this worker keeps an equal share of its
+                # rows left and hands the rest out in ranges, within the range bounds.
+                idle = self._idle.value - self._pending.value if may_split else 0
+                if idle > 0 and end - pos >= 2 * self.min_range:
+                    size = -(-(end - pos) // (idle + 1) // self.chunk) * self.chunk
+                    size = max(self.min_range, min(self.max_range, size))
+                    split = ("split", idx, offset + pos + size, offset + end, size)
+                    self.count_pending(split)
+                    yield split
+                    end = pos + size
+                block = coords[pos:min(pos + self.chunk, end)]
+                yield ("patches", idx, offset + pos,
+                       torch.from_numpy(np.stack([read_patch(reader, geom, x, y) for x, y in block])))
+                pos += len(block)
+        except Exception as exc:
+            yield ("error", idx, _reason(exc))
+
+
+class PatchReader:
+    """Reader workers over slides: an iterator of ('plan', i, plan), ('patches', i, start, uint8 NHWC),
+    ('error', i, reason) and ('split', i, first row, end row, range size) items (those rows are shared
+    out), as soon as any worker has one.
+
+    Each slide's plan comes before its patches; a slide's patches may come from several workers, so
+    out of row order. After a slide's error nothing more of it comes. This side coordinates the
+    workers: it hands out the ranges a worker splits off, and tells waiting workers when every slide has
+    been read.
+    """
+
+    def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
+                 chunk: int, workers: int, pin_memory: bool = False, share: bool = True):
+        self.workers, self.pin_memory = workers, pin_memory
+        self.stream = _PatchStream(specs, cfg, mpp_default, chunk, share=share and workers > 1)
+
+    def __iter__(self) -> Iterator[tuple]:
+        stream = self.stream
+        # Held here, not only by the for loop, so that on an early stop the waiting workers are released
+        # (finally) before the workers are shut down (when this frame lets go of it).
+        items = iter(patch_loader(stream, self.workers, self.pin_memory))
+        waiting = stream.ranges is not None  # workers may be waiting for ranges
+        unresolved = len(stream.specs)  # slides with neither a plan nor an error yet
+        rows_left: dict[int, int] = {}  # planned slides still being read
+        plans: dict[int, SlidePlan] = {}
+
+        def release_waiting_workers() -> None:
+            nonlocal waiting
+            if waiting:
+                for _ in range(self.workers):
+                    stream.ranges.put(None)
+                waiting = False
+
+        completed = False
+        try:
+            if not unresolved:
+                release_waiting_workers()
+            for item in items:
+                kind, idx = item[0], item[1]
+                if stream.failed[idx]:
+                    if kind == "split":
+                        stream.count_pending(item, -1)
+                    continue
+                if kind == "split":  # rows item[2] to item[3] go to any worker, in ranges of item[4]
+                    plan, (first, stop, size) = plans[idx], item[2:]
+                    for start in range(first, stop, size):
+                        stream.ranges.put(("range", idx, start, plan.coords[start:min(start + size, stop)],
+                                           plan.geometry))
+                elif kind == "plan":
+                    unresolved -= 1
+                    plans[idx], rows_left[idx] = item[2], len(item[2].coords)
+                elif kind == "patches":
+                    rows_left[idx] -= len(item[3])
+                    if not rows_left[idx]:
+                        del rows_left[idx], plans[idx]
+                else:  # error
+                    stream.failed[idx] = 1  # the workers drop the rest of this slide
+                    if rows_left.pop(idx, None) is None:
+                        unresolved -= 1
+                    plans.pop(idx, None)
+                yield item
+                if not unresolved and not rows_left:
+                    release_waiting_workers()  # every slide is read
+            completed = True
+        finally:
+            if not completed:  # stopped early (--strict, an error): the workers drop what they are reading
+                stream.failed[:] = [1] * len(stream.failed)
+            release_waiting_workers()  # and waiting ones do not hold up the loader's shutdown
+            if stream.ranges is not None:
+                stream.ranges.cancel_join_thread()  # never block on ranges nobody will take
+
+
+def patch_loader(stream: _PatchStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    """Reader workers over ``stream``, items handed on as soon as any worker has one.
+
+    ``in_order=False``: a worker busy with a big slide's tissue mask never holds back the chunks the
+    others have ready.
+    """
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, in_order=False,
+                      worker_init_fn=_quiet_when_orphaned if workers else None)
+
+
+def _quiet_when_orphaned(worker_id: int) -> None:
+    """A worker whose main process was killed finds out in multiprocessing's resource-sharer thread (which
+    hands tensors over, and reports through sys.excepthook) as a ConnectionResetError traceback on the
+    terminal; it exits anyway (the loader's watchdog), so after the kill that traceback is only noise."""
+    import sys
+
+    parent, default = os.getppid(), sys.excepthook
+
+    def hook(exc_type, exc, tb) -> None:
+        if not (issubclass(exc_type, ConnectionError) and os.getppid() != parent):
+            default(exc_type, exc, tb)
+
+    sys.excepthook = hook
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, SlideError) else f"{type(exc).__name__}: {exc}"

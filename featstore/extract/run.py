@@ -1,0 +1,190 @@
+"""The run: pending slides, the reader pool feeding batched inference, events, and the writer."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from featstore.encoders import Encoder, build_encoder
+from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
+from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
+from featstore.extract.events import _EventLog, _StopRun
+from featstore.extract.pool import PatchReader
+from featstore.extract.writer import _Writer
+from featstore.provenance import config_hash, file_fingerprint
+from featstore.store import Store, StoreError, check_name
+from featstore.store import open as open_store
+
+
+def _pending(store: Store, name: str, specs: list[SlideSpec], log: _EventLog,
+             report: ExtractReport) -> list[tuple[SlideSpec, dict]]:
+    """Slides still to do, each with its file fingerprint; committed unchanged slides are skipped."""
+    committed = set(store.slides(name))
+    todo = []
+    for spec in specs:
+        try:
+            fp = file_fingerprint(spec.path)
+        except OSError as exc:
+            fp = {"error": str(exc)}
+        if spec.slide_id in committed:
+            attrs = store.slide_attrs(name, spec.slide_id)
+            if attrs.get("provenance", {}).get("file") == fp and attrs.get("slide_path") == spec.path:
+                report.skipped.append(spec.slide_id)
+                log("slide_skipped", slide_id=spec.slide_id, reason="already committed with the same config")
+                continue
+            log("slide_changed", slide_id=spec.slide_id, reason="slide file changed since it was extracted; redoing")
+        todo.append((spec, fp))
+    return todo
+
+
+def extract(
+    slides: list[SlideSpec],
+    store_path: str | os.PathLike,
+    config: ExtractConfig = ExtractConfig(),
+    name: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    mpp_default: float | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    on_event: EventHandler | None = None,
+    scheduler: str | None = None,
+    dask_workers: int | None = None,
+) -> ExtractReport:
+    """Extract ``slides`` into the feature set ``name`` (default: the encoder's name) of a store.
+
+    Resumable: slides already committed with the same config and an unchanged file are skipped.
+    ``scheduler``/``dask_workers`` run one Dask task per slide instead (Zarr stores only).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    store_path = Path(store_path)
+    name = check_name(name or config.encoder, "feature set name")
+    dev = resolve_device(device)
+    precision = resolve_precision(config.precision, dev)
+    encoder = build_encoder(config.encoder, config.weights, config.seed)
+    fs_config = feature_set_config(config, encoder, precision)
+    log = _EventLog(store_path, on_event)
+    report = ExtractReport(name)
+    t0 = time.perf_counter()
+    with open_store(store_path, "a") as store:
+        if overwrite and name in store.feature_sets():
+            store.delete_feature_set(name)
+        store.create_feature_set(name, fs_config, config_hash(fs_config))
+        todo = _pending(store, name, slides, log, report)
+        distributed = scheduler is not None or dask_workers is not None
+        if distributed and store.backend_name == "hdf5":
+            raise StoreError(f"{store_path} is an HDF5 store, which takes one writer at a time; "
+                             "distributed extraction needs a .zarr store")
+        log("run_start", feature_set=name, slides=len(slides), todo=len(todo), skipped=len(report.skipped),
+            device=str(dev), precision=precision, config_hash=config_hash(fs_config))
+        if not distributed:
+            _run_local(store, name, todo, config, encoder, dev, precision, batch_size,
+                       _default_workers() if num_workers is None else num_workers, mpp_default, strict, log, report)
+    if distributed and todo:
+        from featstore.extract.dask import run_on_dask
+
+        report.merge(run_on_dask(todo, store_path, name, config, device, batch_size, mpp_default,
+                                 scheduler, dask_workers, log))
+    report.seconds = time.perf_counter() - t0
+    log("run_end", feature_set=name, done=len(report.done), skipped=len(report.skipped),
+        failed=len(report.failed), patches=report.patches, seconds=round(report.seconds, 3))
+    return report
+
+
+def _default_workers() -> int:
+    # The cores this process may use (a SLURM or container allocation), not all the host's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(12, cores - 1))
+
+
+def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg: ExtractConfig, encoder: Encoder,
+               dev: torch.device, precision: str, batch_size: int, num_workers: int, mpp_default: float | None,
+               strict: bool, log: _EventLog, report: ExtractReport) -> None:
+    if not todo:
+        return
+    specs = [s for s, _ in todo]
+    fingerprints = [fp for _, fp in todo]
+    embed = PatchEmbedder(encoder, dev, precision)
+    cuda = dev.type == "cuda"
+    chunk = max(1, min(batch_size, 32))
+    # Largest files first: the last slides claimed are then small ones, so no worker is left reading a
+    # big slide alone while the device waits (longest-processing-time-first scheduling).
+    largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
+    reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda)
+    writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, str(dev), log, report, strict)
+    buffered: list[tuple[int, int, torch.Tensor]] = []
+    n_buffered = 0
+    in_flight: tuple | None = None
+
+    def launch(parts: list[tuple[int, int, torch.Tensor]]) -> None:
+        nonlocal in_flight
+        # Pinned chunks go to the device asynchronously and are joined there, not in pageable host memory.
+        batch = torch.cat([p.to(dev, non_blocking=True) for _, _, p in parts])
+        feats = embed(batch).to(torch.float16 if cfg.dtype == "float16" else torch.float32)
+        if cuda:
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host, event = feats, None
+        previous, in_flight = in_flight, (parts, host, event)
+        if previous is not None:  # hand over the batch before this one: the device keeps working meanwhile
+            emit(*previous)
+
+    def emit(parts, host, event) -> None:
+        if event is not None:
+            event.synchronize()
+        arr = host.numpy()
+        offset = 0
+        for idx, start, p in parts:
+            writer.put(("rows", idx, start, arr[offset:offset + len(p)].copy()))
+            offset += len(p)
+
+    try:
+        for item in reading:
+            kind, idx = item[0], item[1]
+            if kind == "plan":
+                writer.put(("begin", idx, item[2]))
+                log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(item[2].coords)))
+            elif kind == "error":
+                writer.put(("fail", idx, item[2]))
+            elif kind == "split":
+                log("slide_shared", slide_id=specs[idx].slide_id, patches=[int(item[2]), int(item[3])],
+                    range_size=int(item[4]), reason="reader workers were idle: they read these patches")
+            else:
+                start, patches = item[2], item[3]
+                buffered.append((idx, start, patches))
+                n_buffered += len(patches)
+                while n_buffered >= batch_size:
+                    take, rest, got = [], [], 0
+                    for b_idx, b_start, b in buffered:
+                        need = batch_size - got
+                        if need <= 0:
+                            rest.append((b_idx, b_start, b))
+                        elif len(b) <= need:
+                            take.append((b_idx, b_start, b))
+                            got += len(b)
+                        else:
+                            take.append((b_idx, b_start, b[:need]))
+                            rest.append((b_idx, b_start + need, b[need:]))
+                            got += need
+                    buffered, n_buffered = rest, n_buffered - batch_size
+                    launch(take)
+            writer.raise_if_stopped()
+        if buffered:
+            launch(buffered)
+        if in_flight is not None:
+            emit(*in_flight)
+        writer.put(("settle",))
+        writer.close()
+    except _StopRun:
+        writer.close(discard=True)
+    except BaseException:
+        writer.close(discard=True)
+        raise
