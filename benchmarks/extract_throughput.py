@@ -105,8 +105,10 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     dev = resolve_device(args.device)
-    precision = resolve_precision(args.precision, dev)
-    cfg = ExtractConfig(encoder=args.encoder, weights="random", target_mpp=args.target_mpp, precision=args.precision,
+    # Resolved once here, so the pipeline and the bare model run in the same precision.
+    precision, why = resolve_precision(args.precision, dev, build_encoder(args.encoder, "random"))
+    print(f"precision {precision} ({why})")
+    cfg = ExtractConfig(encoder=args.encoder, weights="random", target_mpp=args.target_mpp, precision=precision,
                         min_tissue=args.min_tissue)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "slides"

@@ -19,7 +19,7 @@ from featstore.tables import import_genes
 from .conftest import CMU, MIXOMICS
 
 SLIDE = "CMU-1-Small-Region"
-CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+CFG = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
 
 
 def clam_folder(store: Path) -> Path:

@@ -19,7 +19,7 @@ from fusion.train import TrainConfig
 from .conftest import CMU, TILES
 
 SLIDE = "CMU-1-Small-Region"
-CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=1.0)
+CFG = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=1.0)
 
 
 @pytest.fixture(scope="module")

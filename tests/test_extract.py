@@ -27,7 +27,7 @@ from featstore.tiling import Geometry
 
 from .conftest import CMU, TCGA_NO_MPP, TILES
 
-CFG = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+CFG = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
 
 
 def _slides(tmp_path):
@@ -161,7 +161,7 @@ def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
     again = extract(find_slides([d]), store, CFG, num_workers=0)
     assert again.done == ["CMU-copy1"]
     with pytest.raises(featstore.StoreError, match="another config"):
-        extract(find_slides([d]), store, ExtractConfig(encoder="resnet50-trunc", patch_size=96, target_mpp=2.0))
+        extract(find_slides([d]), store, ExtractConfig(encoder="resnet50-trunc", precision="fp32", patch_size=96, target_mpp=2.0))
 
 
 def test_strict_stops_at_the_first_failure_and_leaves_a_clean_store(tmp_path):
@@ -186,7 +186,7 @@ def test_shards_partition_the_slides(tmp_path):
 KILLER = """
 import sys
 from featstore.extract import ExtractConfig, extract, find_slides
-cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=1.0)
+cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=1.0)
 extract(find_slides([sys.argv[1]]), sys.argv[2], cfg, batch_size=8, num_workers=int(sys.argv[3]),
         on_event=lambda e: print(e["event"], flush=True))
 """
@@ -228,7 +228,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, workers):
 def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
     """One slide, two workers: the one that finds no slide to claim gets row ranges of the other's."""
     _mosaic(tmp_path / "big.tif", 2)
-    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
+    cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
     events = []
     # batch 2: 2-patch chunks and 8- to 64-patch shared ranges, so the ~230-patch slide splits.
     one = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "one.zarr", cfg, batch_size=2, num_workers=0)
@@ -254,7 +254,7 @@ def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
 START_METHODS = """
 import multiprocessing, sys
 from featstore.extract import ExtractConfig, extract, find_slides
-cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
+cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
 if __name__ == "__main__":
     for method in ("spawn", "forkserver"):  # macOS's default, and Linux's from Python 3.14
         multiprocessing.set_start_method(method, force=True)
@@ -279,7 +279,7 @@ def test_reader_workers_under_spawn_and_forkserver(tmp_path):
 def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
     _mosaic(tmp_path / "bad.tif", 2, corrupt_bottom=True)
     shutil.copy(CMU, tmp_path / "good.svs")
-    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0,
+    cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0,
                         thumbnail_side=128)
     events = []
     report = extract(find_slides([tmp_path / "bad.tif"]), tmp_path / "s.zarr", cfg, batch_size=2, num_workers=2,
@@ -317,7 +317,7 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
     # slide only, and the failure is recorded in the store like any other.
     shutil.copy(CMU, tmp_path / "S9.svs")
     spec = find_slides([tmp_path / "S9.svs"])[0]
-    other = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=96, target_mpp=2.0)
+    other = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=96, target_mpp=2.0)
     report = run_on_dask([(spec, {})], dist, "resnet50-trunc", other, "cpu", 8, None, None, 1, _EventLog(dist, None))
     assert "dask task failed" in report.failed["S9"] and "another config" in report.failed["S9"]
     with featstore.open(dist) as b:
@@ -341,3 +341,33 @@ def test_weights_resolution_is_offline_and_clear(tmp_path, monkeypatch):
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(WeightsError, match="do not fit"):
         build_encoder("resnet50", str(tmp_path / "bad.pth"))
+
+
+def test_precision_auto_on_cpu_is_measured_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    """auto: fp32 on a CPU without bf16 units; with them, bf16 only when a timing finds it faster; a resumed
+    feature set keeps the precision it was made in; the choice and the allocator are in the provenance."""
+    from featstore.extract import embed
+
+    cpu = torch.device("cpu")
+    encoder = build_encoder("resnet50-trunc", "random")
+    monkeypatch.setattr(embed, "cpu_bf16_flags", lambda: [])
+    assert embed.resolve_precision("auto", cpu, encoder) == ("fp32", "auto: this CPU has no bf16 units")
+    monkeypatch.setattr(embed, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    for speedup, want in ((2.0, "bf16"), (1.05, "fp32")):
+        monkeypatch.setattr(embed, "_bf16_speedup", lambda *_a, s=speedup: s)
+        got, why = embed.resolve_precision("auto", cpu, encoder)
+        assert got == want and f"measured {'only ' if want == 'fp32' else ''}{speedup:.1f}x fp32" in why
+    assert embed.resolve_precision("auto", cpu, encoder, existing="fp32")[0] == "fp32"  # resume: as made
+    assert embed.resolve_precision("bf16", cpu, encoder) == ("bf16", "given")
+    monkeypatch.setattr(embed, "_bf16_speedup", lambda *_a: 2.0)
+    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, num_workers=0)
+    with featstore.open(tmp_path / "s.zarr") as s:
+        prov = s.slide_attrs(None, "CMU-1-Small-Region")["provenance"]
+        assert s.feature_set_info("resnet50-trunc")["config"]["precision"] == "bf16"
+    assert prov["precision"] == "bf16" and "bf16 measured 2.0x fp32" in prov["precision_choice"]
+    assert prov["allocator"].startswith("glibc malloc: mmap_max=0") and prov["device"] == "cpu"
+    # The real timing on this machine, whatever it finds, gives one of the two with its reason.
+    monkeypatch.undo()
+    got, why = embed.resolve_precision("auto", cpu, encoder, 64)
+    assert got in ("fp32", "bf16") and why.startswith("auto:")

@@ -172,12 +172,13 @@ def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
 
     from .conftest import CMU
 
-    small = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0, max_patches=10)
+    small = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0,
+                          max_patches=10)
     report = extract(find_slides([CMU]), tmp_path / "t.zarr", small, num_workers=0)
     assert "declares 2220 x 2967 px, a grid of 108 patches at 2.0 µm/px" in report.failed["CMU-1-Small-Region"]
     assert "over the limit of 10 per slide (--max-patches)" in report.failed["CMU-1-Small-Region"]
     # The bound is not part of the features' identity: the same config with another bound resumes the set.
-    ok = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    ok = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
     assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, num_workers=0).done == ["CMU-1-Small-Region"]
     # A tiled TIFF whose tiles declare no bytes (all TileByteCounts 0) is refused before planning reads a pixel.
     import tifffile
@@ -209,7 +210,7 @@ def test_bad_names_fail_when_slides_are_planned_not_after_the_compute(tmp_path):
         manifest.write_text(f"slide_path,slide_id\n{CMU},{sid}\n")
         with pytest.raises(ValueError, match=why):
             find_slides([manifest])
-    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
     with pytest.raises(ValueError, match="feature set name 'zarr.json' is reserved"):
         extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, name="zarr.json", num_workers=0)
     assert not (tmp_path / "s.zarr").exists()
@@ -221,7 +222,7 @@ def test_a_slide_committed_by_another_run_first_is_kept_and_ours_is_skipped(tmp_
 
     from .conftest import CMU
 
-    cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
+    cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
     store = tmp_path / "s.zarr"
     assert extract(find_slides([CMU]), store, cfg, num_workers=0).done == ["CMU-1-Small-Region"]
     with featstore.open(store) as s:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 
 from featstore.encoders import Encoder
@@ -17,12 +20,53 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_MIN_SPEEDUP = 1.2  # below this, fp32's exactness is worth more than bf16's speed
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The bf16 matrix/vector units this CPU announces (Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def resolve_precision(precision: str, device: torch.device, encoder: Encoder | None = None,
+                      patch_size: int = 224, existing: str | None = None) -> tuple[str, str]:
+    """The precision to run in, and why. ``auto``: bf16 on a GPU that has it (fp16 otherwise); on a CPU,
+    the precision of the feature set being resumed (``existing``), else bf16 where the CPU has bf16 units
+    and a short timing of ``encoder`` finds it at least BF16_MIN_SPEEDUP x fp32, else fp32."""
     if precision != "auto":
-        return precision
+        return precision, "given"
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"  # CPU autocast is slower than fp32 on CPUs without bf16 matrix units
+        return ("bf16", "auto: GPU has bf16") if torch.cuda.is_bf16_supported() else ("fp16", "auto: GPU lacks bf16")
+    if existing in ("fp32", "bf16"):
+        return existing, f"auto: the feature set being resumed was made in {existing}"
+    flags = cpu_bf16_flags()
+    if not flags:
+        return "fp32", "auto: this CPU has no bf16 units"
+    if encoder is None:
+        return "fp32", "auto: not measured"
+    speedup = _bf16_speedup(encoder, patch_size)
+    if speedup >= BF16_MIN_SPEEDUP:
+        return "bf16", f"auto: CPU has {'+'.join(flags)}; bf16 measured {speedup:.1f}x fp32 at start"
+    return "fp32", f"auto: CPU has {'+'.join(flags)} but bf16 measured only {speedup:.1f}x fp32 at start"
+
+
+def _bf16_speedup(encoder: Encoder, patch_size: int, batch: int = 8) -> float:
+    """fp32 time over bf16 time for one small batch (after one warm-up each): about a second on 2 cores."""
+    x = torch.randint(0, 256, (batch, patch_size, patch_size, 3), dtype=torch.uint8)
+    times = {}
+    for precision in ("fp32", "bf16"):
+        embed = PatchEmbedder(encoder, torch.device("cpu"), precision)
+        embed(x)
+        t0 = time.perf_counter()
+        embed(x)
+        times[precision] = time.perf_counter() - t0
+    return times["fp32"] / max(times["bf16"], 1e-9)
 
 
 class PatchEmbedder:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from featstore.extract.allocator import keep_freed_memory
 from featstore.extract.config import ExtractConfig, SlideSpec
 from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.slides import SlideError, open_slide
@@ -255,7 +256,12 @@ def patch_loader(stream: _PatchStream, workers: int, pin_memory: bool = False) -
     """
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, in_order=False,
-                      worker_init_fn=_quiet_when_orphaned if workers else None)
+                      worker_init_fn=_init_worker if workers else None)
+
+
+def _init_worker(worker_id: int) -> None:
+    keep_freed_memory()
+    _quiet_when_orphaned(worker_id)
 
 
 def _quiet_when_orphaned(worker_id: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from featstore.encoders import Encoder, build_encoder
+from featstore.extract.allocator import keep_freed_memory, restore_default
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
 from featstore.extract.events import _EventLog, _StopRun
@@ -65,26 +66,32 @@ def extract(
     store_path = Path(store_path)
     name = check_name(name or config.encoder, "feature set name")
     dev = resolve_device(device)
-    precision = resolve_precision(config.precision, dev)
     encoder = build_encoder(config.encoder, config.weights, config.seed)
-    fs_config = feature_set_config(config, encoder, precision)
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
     t0 = time.perf_counter()
-    with open_store(store_path, "a") as store:
-        if overwrite and name in store.feature_sets():
-            store.delete_feature_set(name)
-        store.create_feature_set(name, fs_config, config_hash(fs_config))
-        todo = _pending(store, name, slides, log, report)
-        distributed = scheduler is not None or dask_workers is not None
-        if distributed and store.backend_name == "hdf5":
-            raise StoreError(f"{store_path} is an HDF5 store, which takes one writer at a time; "
-                             "distributed extraction needs a .zarr store")
-        log("run_start", feature_set=name, slides=len(slides), todo=len(todo), skipped=len(report.skipped),
-            device=str(dev), precision=precision, config_hash=config_hash(fs_config))
-        if not distributed:
-            _run_local(store, name, todo, config, encoder, dev, precision, batch_size,
-                       _default_workers() if num_workers is None else num_workers, mpp_default, strict, log, report)
+    allocator = keep_freed_memory() if dev.type == "cpu" else "system default"
+    try:
+        with open_store(store_path, "a") as store:
+            existing = (store.feature_set_info(name).get("config", {}).get("precision")
+                        if name in store.feature_sets() and not overwrite else None)
+            precision, why = resolve_precision(config.precision, dev, encoder, config.patch_size, existing)
+            fs_config = feature_set_config(config, encoder, precision)
+            runtime = {"device": str(dev), "precision_choice": why, "allocator": allocator}
+            todo = _prepare(store, name, fs_config, slides, overwrite, log, report)
+            distributed = scheduler is not None or dask_workers is not None
+            if distributed and store.backend_name == "hdf5":
+                raise StoreError(f"{store_path} is an HDF5 store, which takes one writer at a time; "
+                                 "distributed extraction needs a .zarr store")
+            log("run_start", feature_set=name, slides=len(slides), todo=len(todo), skipped=len(report.skipped),
+                precision=precision, config_hash=config_hash(fs_config), **runtime)
+            if not distributed:
+                workers = _default_workers() if num_workers is None else num_workers
+                _run_local(store, name, todo, config, encoder, dev, precision, batch_size, workers, mpp_default,
+                           strict, log, report, runtime)
+    finally:
+        if dev.type == "cpu":
+            restore_default()
     if distributed and todo:
         from featstore.extract.dask import run_on_dask
 
@@ -96,6 +103,14 @@ def extract(
     return report
 
 
+def _prepare(store: Store, name: str, fs_config: dict, slides: list[SlideSpec], overwrite: bool, log: _EventLog,
+             report: ExtractReport) -> list[tuple[SlideSpec, dict]]:
+    if overwrite and name in store.feature_sets():
+        store.delete_feature_set(name)
+    store.create_feature_set(name, fs_config, config_hash(fs_config))
+    return _pending(store, name, slides, log, report)
+
+
 def _default_workers() -> int:
     # The cores this process may use (a SLURM or container allocation), not all the host's.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
@@ -104,7 +119,7 @@ def _default_workers() -> int:
 
 def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg: ExtractConfig, encoder: Encoder,
                dev: torch.device, precision: str, batch_size: int, num_workers: int, mpp_default: float | None,
-               strict: bool, log: _EventLog, report: ExtractReport) -> None:
+               strict: bool, log: _EventLog, report: ExtractReport, runtime: dict) -> None:
     if not todo:
         return
     specs = [s for s, _ in todo]
@@ -116,7 +131,7 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     # big slide alone while the device waits (longest-processing-time-first scheduling).
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
     reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda)
-    writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, str(dev), log, report, strict)
+    writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, runtime, log, report, strict)
     buffered: list[tuple[int, int, torch.Tensor]] = []
     n_buffered = 0
     in_flight: tuple | None = None

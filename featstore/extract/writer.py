@@ -21,9 +21,9 @@ class _Writer:
     """Owns every store write of a run, in a background thread fed through a bounded queue."""
 
     def __init__(self, store: Store, name: str, specs: list[SlideSpec], fingerprints: list[dict], cfg: ExtractConfig,
-                 encoder: Encoder, precision: str, device: str, log: _EventLog, report: ExtractReport, strict: bool):
+                 encoder: Encoder, precision: str, runtime: dict, log: _EventLog, report: ExtractReport, strict: bool):
         self.store, self.name, self.specs, self.fps = store, name, specs, fingerprints
-        self.cfg, self.encoder, self.precision, self.device = cfg, encoder, precision, device
+        self.cfg, self.encoder, self.precision, self.runtime = cfg, encoder, precision, runtime
         self.log, self.report, self.strict = log, report, strict
         self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.error: BaseException | None = None
@@ -106,7 +106,7 @@ class _Writer:
                     "mpp_source": plan.mpp_source, "target_mpp": g.target_mpp, "patch_size": g.patch_size,
                     "patch_size_level0": g.patch_size_level0, "level": g.level, "read_size": g.read_size,
                     "min_tissue": self.cfg.min_tissue, **self.encoder.provenance(), "precision": self.precision,
-                    "device": self.device, "dtype": self.cfg.dtype, "coords": "level-0 pixels, top-left corner (x, y)",
+                    **self.runtime, "dtype": self.cfg.dtype, "coords": "level-0 pixels, top-left corner (x, y)",
                     "libraries": self.versions, "extracted": now_iso(), "seconds": round(seconds, 3), **plan.info,
                 },
             })
