@@ -79,10 +79,10 @@ def drift(tmp: Path) -> tuple[float, float]:
 
 def main() -> None:
     from extract_throughput import make_pyramid
+    from results_table import append_rows
 
     from featstore.extract import find_slides
     from featstore.extract.embed import cpu_bf16_flags
-    from results_table import append_rows
 
     warnings.simplefilter("ignore")
     rows = []
