@@ -273,9 +273,14 @@ def extract(
     min_tissue: Annotated[float, typer.Option(help="Skip patches with less tissue than this")] = 0.25,
     mpp_default: Annotated[Optional[float], typer.Option(help="mpp for slides whose metadata has none")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
-    reader: Annotated[str, typer.Option(help="auto (SVS and tiled TIFF tiles decoded directly, checked against "
-                                             "OpenSlide) | openslide (every pixel through OpenSlide)")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16. auto: bf16 on a GPU that has it; on a CPU "
+                                                "with bf16 units (AMX, AVX512-BF16) bf16 when a timing at start finds "
+                                                "it faster, else fp32. bf16 features differ slightly from fp32 ones "
+                                                "(cosine per patch in benchmarks/RESULTS.md); nothing is refused")] = "auto",
+    decoder: Annotated[str, typer.Option(help="auto (gpu on CUDA, else cpu) | cpu (SVS/tiled TIFF tiles decoded by "
+                                              "tifffile in the reader workers, checked against OpenSlide) | gpu (JPEG "
+                                              "tiles decoded in batches on the device, checked against the CPU "
+                                              "decoder per slide) | openslide (every pixel through OpenSlide)")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Patches per forward pass")] = 64,
     max_patches: Annotated[int, typer.Option(help="Refuse a slide whose patch grid (before the tissue mask) is "
                                                   "larger: a declared size no real slide has")] = 2_000_000,
@@ -298,7 +303,7 @@ def extract(
             _fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
-                           min_tissue=min_tissue, precision=precision, reader=reader, max_patches=max_patches)
+                           min_tissue=min_tissue, precision=precision, decoder=decoder, max_patches=max_patches)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")

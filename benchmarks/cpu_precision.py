@@ -46,8 +46,9 @@ print(n / (time.perf_counter() - t0))
 
 
 def bare(precision: str, allocator: str) -> float:
+    env = {**os.environ, "FEATSTORE_ALLOCATOR": "kept" if allocator == "kept" else "system"}
     out = subprocess.run([sys.executable, "-c", BARE.format(root=str(ROOT)), precision, allocator], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 

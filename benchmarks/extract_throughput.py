@@ -131,7 +131,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         reading = reader_throughput(specs, cfg, args.num_workers)
         # The same readers with every pixel through OpenSlide: what direct tile decoding buys, same run.
-        reading_openslide = reader_throughput(specs, replace(cfg, reader="openslide"), args.num_workers)
+        reading_openslide = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers)
     pipeline = report.patches / wall
     embed = PatchEmbedder(build_encoder(args.encoder, "random"), dev, precision)
     bare = bare_throughput(embed, args.batch_size, cfg.patch_size, seconds=max(5.0, min(wall, 20.0)))

@@ -197,6 +197,10 @@ class OpenSlideReader(SlideReader):
                 raise SlideError(f"{self.path.name}: cannot read region at ({x}, {y}) level {level}: {exc}") from exc
         return self._read_openslide(x, y, level, width, height)
 
+    def direct_level(self, level: int):
+        """The TIFF level read directly (featstore.tifftiles.TiffLevel), or None where OpenSlide reads it."""
+        return None if self._direct is None else self._direct.levels.get(level)
+
     def _read_openslide(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
             img = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))

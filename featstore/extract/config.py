@@ -12,6 +12,7 @@ PIPELINE_VERSION = 2
 EXIT_OK, EXIT_SOME_FAILED = 0, 2
 
 EventHandler = Callable[[dict], None]
+DECODERS = ("auto", "cpu", "gpu", "openslide")
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,12 @@ class ExtractConfig:
     dtype: str = "float16"
     thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
-    reader: str = "auto"  # "openslide": every pixel through OpenSlide (see featstore.tifftiles)
-    # A bound, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
+    # Run choices, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
+    # decoder: cpu (tiles decoded by tifffile in the reader workers; OpenSlide where a slide cannot be read
+    # directly), gpu (JPEG tiles decoded in batches on the run's device, featstore.extract.device_decode),
+    # openslide (every pixel through OpenSlide), auto (gpu on CUDA, else cpu). Each slide's provenance says
+    # which decoder gave its pixels; the direct and device decoders are checked against a reference per slide.
+    decoder: str = "auto"
     max_patches: int = 2_000_000  # per slide, counted on the grid before the tissue mask
 
     def __post_init__(self) -> None:
@@ -41,8 +46,8 @@ class ExtractConfig:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.reader not in ("auto", "openslide"):
-            raise ValueError(f"reader must be auto or openslide, got {self.reader!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
@@ -75,7 +80,7 @@ class ExtractReport:
         self.patches += other.patches
 
 
-RUN_ONLY = ("max_patches",)
+RUN_ONLY = ("max_patches", "decoder")
 
 
 def feature_set_config(cfg: ExtractConfig, encoder: Encoder, precision: str) -> dict:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.extract.allocator import keep_freed_memory
 from featstore.extract.config import ExtractConfig, SlideSpec
+from featstore.extract.device_decode import JPEG
 from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.slides import SlideError, open_slide
 from featstore.tiling import Geometry
@@ -127,7 +128,7 @@ class _PatchStream(IterableDataset):
 
     def _open(self, idx: int):
         spec = self._spec[idx]
-        return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.reader == "auto")
+        return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.decoder != "openslide")
 
     def _slide(self, idx: int, readers: _ReaderCache) -> Iterator[tuple]:
         try:
@@ -136,6 +137,7 @@ class _PatchStream(IterableDataset):
                 reader = readers.get(idx, lambda: self._open(idx))
             plan = plan_slide(reader, self.cfg, self._spec[idx], self.mpp_default)
             plan.info["warnings"] = [str(w.message) for w in caught]
+            plan.info["device_decode"] = self._device_decodes(reader, plan.geometry)
         except Exception as exc:  # one bad slide never stops the others
             yield ("error", idx, _reason(exc))
             return
@@ -152,8 +154,19 @@ class _PatchStream(IterableDataset):
             return
         yield from self._read(idx, reader, geom, coords, start, owner=False)
 
+    def _device_decodes(self, reader, geom: Geometry) -> bool:
+        """Whether this slide's patches are decoded on the device by the main process (--decoder gpu and
+        JPEG tiles at the level read): then the workers send coordinates, not pixels."""
+        level = reader.direct_level(geom.level) if self.cfg.decoder == "gpu" and hasattr(reader, "direct_level") else None
+        return level is not None and level.page.compression == JPEG
+
     def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[tuple]:
-        """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks."""
+        """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks (of coordinates alone when
+        the main process decodes them on the device)."""
+        if self._device_decodes(reader, geom):
+            for pos in range(0, len(coords), self.chunk):
+                yield ("coords", idx, offset + pos, coords[pos:pos + self.chunk])
+            return
         pos, end = 0, len(coords)
         may_split = owner and self.ranges is not None and reader.shareable
         try:
@@ -227,7 +240,7 @@ class PatchReader:
                 elif kind == "plan":
                     unresolved -= 1
                     plans[idx], rows_left[idx] = item[2], len(item[2].coords)
-                elif kind == "patches":
+                elif kind in ("patches", "coords"):
                     rows_left[idx] -= len(item[3])
                     if not rows_left[idx]:
                         del rows_left[idx], plans[idx]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from featstore.encoders import Encoder, build_encoder
 from featstore.extract.allocator import keep_freed_memory, restore_default
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
+from featstore.extract.device_decode import SlideDecoder
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
 from featstore.extract.events import _EventLog, _StopRun
 from featstore.extract.pool import PatchReader
@@ -66,6 +68,8 @@ def extract(
     store_path = Path(store_path)
     name = check_name(name or config.encoder, "feature set name")
     dev = resolve_device(device)
+    if config.decoder == "auto":  # a run choice (RUN_ONLY): the feature set's identity does not change
+        config = dataclasses.replace(config, decoder="gpu" if dev.type == "cuda" else "cpu")
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
@@ -132,6 +136,7 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
     reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda)
     writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, runtime, log, report, strict)
+    decoders: dict[int, SlideDecoder] = {}  # slides whose pixels the main process decodes on the device
     buffered: list[tuple[int, int, torch.Tensor]] = []
     n_buffered = 0
     in_flight: tuple | None = None
@@ -165,7 +170,12 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
         for item in reading:
             kind, idx = item[0], item[1]
             if kind == "plan":
-                writer.put(("begin", idx, item[2]))
+                plan = item[2]
+                if plan.info.pop("device_decode", False):
+                    decoders[idx] = SlideDecoder(specs[idx].path, {**plan.info, "rows": len(plan.coords)},
+                                                 plan.geometry, dev)
+                    plan.info["pixels"] = decoders[idx].note
+                writer.put(("begin", idx, plan))
                 log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(item[2].coords)))
             elif kind == "error":
                 writer.put(("fail", idx, item[2]))
@@ -174,6 +184,11 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
                     range_size=int(item[4]), reason="reader workers were idle: they read these patches")
             else:
                 start, patches = item[2], item[3]
+                if kind == "coords":
+                    patches = decoders[idx].patches(patches)
+                    decoders[idx].rows_left -= len(patches)
+                    if not decoders[idx].rows_left:
+                        decoders.pop(idx).close()
                 buffered.append((idx, start, patches))
                 n_buffered += len(patches)
                 while n_buffered >= batch_size:
@@ -203,3 +218,6 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     except BaseException:
         writer.close(discard=True)
         raise
+    finally:
+        for decoder in decoders.values():
+            decoder.close()

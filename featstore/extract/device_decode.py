@@ -1,0 +1,210 @@
+"""JPEG tiles decoded in batches on the run's device (``--decoder gpu``): nvJPEG on CUDA through
+``torchvision.io.decode_jpeg``; on a CPU the same code path runs with libjpeg-turbo standing in.
+
+Reader workers then only plan slides and send patch coordinates; the main process reads the compressed
+bytes of the tiles a chunk of patches needs (a few ``pread`` calls), turns each into a complete JPEG
+stream (TIFF tiles are abbreviated: the quantisation and Huffman tables live once in the page's
+JPEGTables; Aperio stores RGB, not YCbCr, which an Adobe APP14 marker with transform 0 tells the decoder),
+decodes them in one batched call, keeps them in a bounded tile cache on the device, and crops and resizes
+the patches there, so pixels never cross to the host.
+
+Checked, never silently different: each slide's first tiles are decoded both ways, on the device and with
+the CPU decoder the ``cpu`` path uses (tifffile/imagecodecs); a slide whose tiles differ by more than
+MAX_MEAN_DIFF grey levels on average or MAX_ABS_DIFF anywhere is read on the CPU in the main process
+instead, and its provenance (``pixels``) says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featstore.errors import TileReadError
+from featstore.tiling import Geometry
+
+JPEG = 7  # TIFF compression code
+RGB = 2  # TIFF photometric code: components stored as RGB (Aperio), not YCbCr
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: no colour conversion
+# nvJPEG and libjpeg-turbo implement the IDCT and chroma upsampling differently: a grey level on average,
+# rare larger steps at sharp edges. Bounds for the per-slide check.
+MAX_MEAN_DIFF, MAX_ABS_DIFF = 1.0, 48
+CHECK_TILES = 4
+
+
+def jpeg_stream(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
+    """A complete JPEG from an abbreviated TIFF tile: the page's tables spliced in after SOI (dropping the
+    tables' own EOI and the tile's SOI), and an Adobe marker for RGB-stored tiles."""
+    if tables:
+        data = tables[:-2] + data[2:]
+    return data[:2] + ADOBE_RGB + data[2:] if rgb else data
+
+
+def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    import warnings
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces that its image codecs move to TorchCodec; these still work and are the
+        # batched nvJPEG entry point torch ships today.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+class DeviceTileDecoder:
+    """One TIFF level's JPEG tiles, decoded on ``device`` and cached there (least recently used first out)."""
+
+    def __init__(self, level, device: torch.device, cache_tiles: int = 1024):
+        page = level.page
+        if page.compression != JPEG:
+            raise ValueError(f"{level.name}: page {page.index} is not JPEG-compressed (compression {page.compression})")
+        self.level, self.device, self.cache_tiles = level, device, cache_tiles
+        self._rgb = page.photometric == RGB
+        self._tables = page.jpegtables
+        self._cache: OrderedDict[int, torch.Tensor | None] = OrderedDict()
+
+    def _bytes(self, index: int) -> bytes | None:
+        page = self.level.page
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        if count == 0:
+            return None  # a sparse tile: background, white
+        data = os.pread(self.level.fd, count, offset)
+        if len(data) != count:
+            raise TileReadError(f"{self.level.name}: tile {index} of page {page.index} is cut short ({len(data)} of "
+                                f"{count} bytes at offset {offset}); the file is truncated")
+        return jpeg_stream(data, self._tables, self._rgb)
+
+    def tiles(self, indices: list[int]) -> dict[int, torch.Tensor | None]:
+        """(3, tile_h, tile_w) uint8 tiles on the device; the missing ones decoded in one batched call."""
+        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
+        streams = {i: self._bytes(i) for i in missing}
+        todo = [i for i in missing if streams[i] is not None]
+        if todo:
+            data = [torch.frombuffer(bytearray(streams[i]), dtype=torch.uint8) for i in todo]
+            try:
+                decoded = _decode_jpeg(data, self.device)
+            except RuntimeError as exc:
+                raise TileReadError(f"{self.level.name}: tiles {todo[:4]}... of page {self.level.page.index} cannot "
+                                    f"be decoded on {self.device} ({exc})") from exc
+            for i, t in zip(todo, decoded):
+                self._cache[i] = t
+        for i in missing:
+            self._cache.setdefault(i, None)
+        out = {}
+        for i in indices:
+            self._cache.move_to_end(i)
+            out[i] = self._cache[i]
+        while len(self._cache) > max(self.cache_tiles, len(out)):
+            self._cache.popitem(last=False)
+        return out
+
+    def read(self, x: int, y: int, width: int, height: int, tiles: dict[int, torch.Tensor | None]) -> torch.Tensor:
+        """(3, height, width) region at level pixel (x, y), white outside the image and in empty tiles."""
+        lv = self.level
+        out = torch.full((3, height, width), 255, dtype=torch.uint8, device=self.device)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + width, lv.width), min(y + height, lv.height)
+        for ty in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1) if y0 < y1 else ():
+            for tx in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1) if x0 < x1 else ():
+                tile = tiles[ty * lv.tiles_across + tx]
+                if tile is None:
+                    continue
+                ax0, ay0 = max(x0, tx * lv.tile_w), max(y0, ty * lv.tile_h)
+                ax1, ay1 = min(x1, (tx + 1) * lv.tile_w), min(y1, (ty + 1) * lv.tile_h)
+                out[:, ay0 - y:ay1 - y, ax0 - x:ax1 - x] = tile[:, ay0 - ty * lv.tile_h:ay1 - ty * lv.tile_h,
+                                                                ax0 - tx * lv.tile_w:ax1 - tx * lv.tile_w]
+        return out
+
+    def _tile_indices(self, x: int, y: int, size: int) -> list[int]:
+        lv = self.level
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + size, lv.width), min(y + size, lv.height)
+        if x0 >= x1 or y0 >= y1:
+            return []
+        return [ty * lv.tiles_across + tx for ty in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1)
+                for tx in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1)]
+
+    def patches(self, coords: np.ndarray, geom: Geometry, downsample: float) -> torch.Tensor:
+        """(N, patch, patch, 3) uint8 on the device for level-0 ``coords``, read and resized as read_patch does."""
+        boxes = [(round(x / downsample), round(y / downsample)) for x, y in coords]
+        tiles = self.tiles([i for x, y in boxes for i in self._tile_indices(x, y, geom.read_size)])
+        batch = torch.stack([self.read(x, y, geom.read_size, geom.read_size, tiles) for x, y in boxes])
+        if geom.read_size != geom.patch_size:
+            size = (geom.patch_size, geom.patch_size)
+            if batch.device.type == "cpu":  # torch's uint8 kernel, as the CPU path
+                batch = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", antialias=True)
+            else:
+                batch = torch.nn.functional.interpolate(batch.float(), size=size, mode="bilinear", antialias=True)
+                batch = batch.round_().clamp_(0, 255).to(torch.uint8)
+        return batch.permute(0, 2, 3, 1).contiguous()
+
+    def disagreement(self) -> tuple[str | None, str]:
+        """Decode up to CHECK_TILES non-empty tiles from the middle of the level both ways; returns (a reason
+        when they differ beyond the bounds, else None) and the figures."""
+        counts = self.level.page.databytecounts
+        middle = len(counts) // 2
+        order = sorted(range(len(counts)), key=lambda i: abs(i - middle))
+        picked = [i for i in order if counts[i]][:CHECK_TILES]
+        if not picked:
+            return "no tile holds data", ""
+        device = self.tiles(picked)
+        diffs = []
+        for i in picked:
+            cpu = self.level._tile(i)
+            dev = device[i].permute(1, 2, 0).cpu().numpy()
+            diffs.append(np.abs(dev.astype(np.int16) - cpu[:dev.shape[0], :dev.shape[1]].astype(np.int16)))
+        d = np.concatenate([x.ravel() for x in diffs])
+        figures = f"mean {d.mean():.3f}, max {int(d.max())} grey levels over {len(picked)} tiles"
+        if d.mean() > MAX_MEAN_DIFF or d.max() > MAX_ABS_DIFF:
+            return f"the device decoder differs from the CPU decoder ({figures})", figures
+        return None, figures
+
+
+class _LevelReader:
+    """A TIFF level behind the reader interface read_patch expects (the CPU fallback in the main process)."""
+
+    def __init__(self, level, downsample: float):
+        self.level, self.downsample = level, downsample
+
+    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        return self.level.read(round(x / self.downsample), round(y / self.downsample), int(width), int(height))
+
+
+class SlideDecoder:
+    """The main process's pixels for one slide under ``--decoder gpu``: the device decoder when the slide's
+    check passes, the CPU decoder otherwise; ``note`` says which, for the slide's provenance."""
+
+    def __init__(self, path: str, plan_info: dict, geom: Geometry, device: torch.device):
+        from featstore.tifftiles import TiffTiles
+
+        dims = tuple(tuple(d) for d in plan_info["level_dimensions"])
+        self.geom, self.downsample = geom, float(plan_info["level_downsamples"][geom.level])
+        self.rows_left = int(plan_info.get("rows", 0))
+        self._tiles = TiffTiles(Path(path), dims)
+        level = self._tiles.levels[geom.level]
+        self._device: DeviceTileDecoder | None = DeviceTileDecoder(level, device)
+        self._cpu = _LevelReader(level, self.downsample)
+        try:
+            problem, figures = self._device.disagreement()
+        except TileReadError as exc:
+            problem, figures = str(exc), ""
+        which = "nvJPEG" if device.type == "cuda" else "libjpeg-turbo (torchvision)"
+        if problem:
+            self._device = None
+            self.note = f"tifffile in the main process: {problem}, so the device decoder was not used"
+        else:
+            self.note = f"{which} on {device} (checked against tifffile/imagecodecs on this slide: {figures})"
+
+    def patches(self, coords) -> torch.Tensor:
+        coords = np.asarray(coords)  # the loader hands numpy arrays on as tensors
+        if self._device is not None:
+            return self._device.patches(coords, self.geom, self.downsample)
+        from featstore.extract.plan import read_patch
+
+        return torch.from_numpy(np.stack([read_patch(self._cpu, self.geom, x, y) for x, y in coords]))
+
+    def close(self) -> None:
+        self._device = None
+        self._tiles.close()
