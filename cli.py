@@ -288,6 +288,9 @@ def extract(
     shard: Annotated[Optional[str], typer.Option(help="I/N: only this deterministic shard of the slides")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address")] = None,
     dask_workers: Annotated[Optional[int], typer.Option(help="Start a local Dask cluster of N workers")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="all | 0,1,...: one worker process per GPU (Dask workers "
+                                                   "pinned with CUDA_VISIBLE_DEVICES), sharing the slides; .zarr "
+                                                   "stores")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo slides already in the feature set")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first failed slide")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or per-slide lines")] = False,
@@ -348,7 +351,8 @@ def extract(
                 warnings.simplefilter("ignore")
             report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
                                 num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
-                                on_event=on_event, scheduler=scheduler, dask_workers=dask_workers)
+                                on_event=on_event, scheduler=scheduler, dask_workers=dask_workers,
+                                devices=devices)
     except KeyboardInterrupt:
         if progress.live.is_started:
             progress.stop()

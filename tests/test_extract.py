@@ -371,3 +371,27 @@ def test_precision_auto_on_cpu_is_measured_recorded_and_kept_on_resume(tmp_path,
     monkeypatch.undo()
     got, why = embed.resolve_precision("auto", cpu, encoder, 64)
     assert got in ("fp32", "bf16") and why.startswith("auto:")
+
+
+def test_devices_run_one_worker_per_gpu_each_pinned_to_its_own(tmp_path):
+    """--devices: one Dask worker process per GPU with CUDA_VISIBLE_DEVICES set to it, sharing the slides. The
+    cluster and the pinning are real here; the model runs on the CPU (no GPU on this machine), so what is
+    checked is that each slide was made by a worker that saw exactly one of the two devices, and both did."""
+    from featstore.extract.run import resolve_devices
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    for i in range(4):
+        shutil.copy(CMU, d / f"S{i}.svs")
+    store = tmp_path / "s.zarr"
+    specs = find_slides([d])
+    extract([], store, CFG)  # the driver's part: the feature set, before any task runs
+    report = run_on_dask([(sp, {}) for sp in specs], store, "resnet50-trunc", CFG, "cpu", 8, None, None, None,
+                         _EventLog(store, None), devices=["0", "1"])
+    assert sorted(report.done) == ["S0", "S1", "S2", "S3"], report.failed
+    with featstore.open(store) as s:
+        seen = {s.slide_attrs(None, sid)["provenance"]["cuda_visible_devices"] for sid in s.slides()}
+    assert seen == {"0", "1"}
+    if not torch.cuda.is_available():
+        with pytest.raises(featstore.errors.DeviceError, match="torch sees no CUDA device"):
+            resolve_devices("all")

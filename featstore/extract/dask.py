@@ -25,13 +25,25 @@ def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractCon
     return dataclasses.asdict(report)
 
 
+def gpu_cluster(devices: list[str]):
+    """One Dask worker process per GPU, each seeing only its own (CUDA_VISIBLE_DEVICES), one slide at a time."""
+    from dask.distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {f"gpu-{d}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": d}}}
+               for d in devices}
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
+
+
 def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str, config: ExtractConfig,
                 device: str, batch_size: int, mpp_default: float | None, scheduler: str | None,
-                dask_workers: int | None, log: _EventLog) -> ExtractReport:
+                dask_workers: int | None, log: _EventLog, devices: list[str] | None = None) -> ExtractReport:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
-    if scheduler is None:
+    if devices:
+        cluster = gpu_cluster(devices)
+        client = Client(cluster)
+    elif scheduler is None:
         cluster = LocalCluster(n_workers=dask_workers or 1, threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
@@ -39,7 +51,7 @@ def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str,
         client = Client(scheduler)
     report = ExtractReport(name)
     try:
-        resources = {"GPU": 1} if device == "cuda" else None
+        resources = {"GPU": 1} if device == "cuda" and not devices else None
         futures = {
             client.submit(_extract_one, spec, str(store_path), name, config, device, batch_size, mpp_default,
                           key=f"featstore-extract-{name}-{spec.slide_id}", pure=False, resources=resources): spec

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from featstore.encoders import Encoder, build_encoder
+from featstore.errors import DeviceError
 from featstore.extract.allocator import keep_freed_memory, restore_default
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
 from featstore.extract.device_decode import SlideDecoder
@@ -57,12 +58,15 @@ def extract(
     on_event: EventHandler | None = None,
     scheduler: str | None = None,
     dask_workers: int | None = None,
+    devices: str | None = None,
 ) -> ExtractReport:
     """Extract ``slides`` into the feature set ``name`` (default: the encoder's name) of a store.
 
     Resumable: slides already committed with the same config and an unchanged file are skipped.
-    ``scheduler``/``dask_workers`` run one Dask task per slide instead (Zarr stores only).
+    ``scheduler``/``dask_workers`` run one Dask task per slide instead (Zarr stores only); ``devices``
+    ("all" or "0,1,...") runs one Dask worker per GPU, each pinned to its own, sharing the slides.
     """
+    gpus = resolve_devices(devices)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     store_path = Path(store_path)
@@ -81,9 +85,10 @@ def extract(
                         if name in store.feature_sets() and not overwrite else None)
             precision, why = resolve_precision(config.precision, dev, encoder, config.patch_size, existing)
             fs_config = feature_set_config(config, encoder, precision)
-            runtime = {"device": str(dev), "precision_choice": why, "allocator": allocator}
+            runtime = {"device": str(dev), "precision_choice": why, "allocator": allocator,
+                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
             todo = _prepare(store, name, fs_config, slides, overwrite, log, report)
-            distributed = scheduler is not None or dask_workers is not None
+            distributed = scheduler is not None or dask_workers is not None or bool(gpus)
             if distributed and store.backend_name == "hdf5":
                 raise StoreError(f"{store_path} is an HDF5 store, which takes one writer at a time; "
                                  "distributed extraction needs a .zarr store")
@@ -99,8 +104,8 @@ def extract(
     if distributed and todo:
         from featstore.extract.dask import run_on_dask
 
-        report.merge(run_on_dask(todo, store_path, name, config, device, batch_size, mpp_default,
-                                 scheduler, dask_workers, log))
+        report.merge(run_on_dask(todo, store_path, name, config, "cuda" if gpus else device, batch_size, mpp_default,
+                                 scheduler, dask_workers, log, gpus))
     report.seconds = time.perf_counter() - t0
     log("run_end", feature_set=name, done=len(report.done), skipped=len(report.skipped),
         failed=len(report.failed), patches=report.patches, seconds=round(report.seconds, 3))
@@ -113,6 +118,20 @@ def _prepare(store: Store, name: str, fs_config: dict, slides: list[SlideSpec], 
         store.delete_feature_set(name)
     store.create_feature_set(name, fs_config, config_hash(fs_config))
     return _pending(store, name, slides, log, report)
+
+
+def resolve_devices(devices: str | None) -> list[str]:
+    """``all`` or ``0,1,...`` as CUDA device indices (one worker process each); ``[]`` for one device."""
+    if not devices:
+        return []
+    count = torch.cuda.device_count()
+    if not count:
+        raise DeviceError(f"--devices {devices} asks for GPUs, but torch sees no CUDA device on this machine")
+    wanted = [str(i) for i in range(count)] if devices == "all" else [d.strip() for d in devices.split(",")]
+    bad = [d for d in wanted if not d.isdigit() or int(d) >= count]
+    if bad:
+        raise DeviceError(f"--devices {devices}: no GPU {', '.join(bad)} here (torch sees {count}: 0..{count - 1})")
+    return wanted
 
 
 def _default_workers() -> int:
