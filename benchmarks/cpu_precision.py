@@ -102,7 +102,8 @@ def main() -> None:
             print(rows[-1], flush=True)
         lo, med = drift(tmp)
     note = (f"bf16 against fp32 features of the real CMU slide (ResNet-50, random weights, 224 px at 0.5 µm/px): "
-            f"cosine similarity per patch min {lo:.6f}, median {med:.6f} (random weights: ImageNet weights are not on this machine).")
+            f"cosine similarity per patch min {lo:.6f}, median {med:.6f} (random weights: ImageNet weights are not "
+            "on this machine).")
     print(note)
     append_rows("CPU precision and allocator (benchmarks/cpu_precision.py)", note,
                 ["date", "machine", "precision", "allocator", "bare model patches/s", "pipeline patches/s",

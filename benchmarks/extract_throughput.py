@@ -57,6 +57,42 @@ def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
                       subfiletype=0 if i == 0 else 1)
 
 
+def make_tcga_like(path: Path, side: int = 40_000, tile: int = 256) -> None:
+    """A 40x-like slide: 0.25 µm/px, ``side`` px square, JPEG tiles, levels at 4x and 16x, built from the real
+    CMU tissue (upsampled 2x) laid out in a grid with white margins, so the tissue mask matters. Written tile
+    by tile: memory stays at one upsampled CMU block whatever ``side`` is."""
+    import numpy as np
+    import openslide
+    import tifffile
+    from PIL import Image
+
+    with openslide.OpenSlide(str(SLIDE)) as s:
+        cmu = s.read_region((0, 0), 0, s.dimensions).convert("RGB")
+        mpp = float(s.properties["openslide.mpp-x"]) / 2  # upsampled 2x: 40x-like
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for i, f in enumerate((1, 4, 16)):
+            block = np.asarray(cmu.resize((round(cmu.width * 2 / f), round(cmu.height * 2 / f)), Image.BILINEAR))
+            margin = max(1, 1000 // f)
+            step_x, step_y = block.shape[1] + margin, block.shape[0] + margin
+            size = -(-side // f)
+
+            def tiles(block=block, margin=margin, step_x=step_x, step_y=step_y, size=size):
+                for ty in range(0, size, tile):
+                    ys = np.arange(ty, ty + tile)
+                    ry = ys % step_y - margin
+                    in_y = (ry >= 0) & (ys < size)
+                    for tx in range(0, size, tile):
+                        xs = np.arange(tx, tx + tile)
+                        rx = xs % step_x - margin
+                        in_x = (rx >= 0) & (xs < size)
+                        out = np.full((tile, tile, 3), 255, np.uint8)
+                        out[np.ix_(in_y, in_x)] = block[np.ix_(ry[in_y], rx[in_x])]
+                        yield out
+            tif.write(tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), compression="jpeg",
+                      photometric="rgb", resolution=(1e4 / mpp / f, 1e4 / mpp / f), resolutionunit="CENTIMETER",
+                      subfiletype=0 if i == 0 else 1)
+
+
 def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> float:
     """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
     the pipeline can reach when reading, not inference, is the slower half."""
@@ -97,7 +133,11 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--target-mpp", type=float, default=0.5)
     ap.add_argument("--min-tissue", type=float, default=0.0)
-    ap.add_argument("--input", choices=("pyramid", "copies"), default="pyramid")
+    ap.add_argument("--input", choices=("pyramid", "copies", "tcga40x"), default="pyramid",
+                    help="tcga40x: a 40,000 px square 0.25 µm/px JPEG pyramid of the CMU tissue, read at --target-mpp")
+    ap.add_argument("--side", type=int, default=40_000, help="side of the tcga40x slide")
+    ap.add_argument("--decoder", default="auto", help="auto | cpu | gpu | openslide")
+    ap.add_argument("--inputs-dir", default=None, help="keep the built input slides here and reuse them")
     ap.add_argument("--mosaic", type=int, default=3)
     ap.add_argument("--codec", choices=("jpeg", "zlib"), default="jpeg",
                     help="tile compression of the pyramid; jpeg (as in Aperio SVS) needs imagecodecs")
@@ -109,15 +149,24 @@ def main() -> None:
     precision, why = resolve_precision(args.precision, dev, build_encoder(args.encoder, "random"))
     print(f"precision {precision} ({why})")
     cfg = ExtractConfig(encoder=args.encoder, weights="random", target_mpp=args.target_mpp, precision=precision,
-                        min_tissue=args.min_tissue)
+                        min_tissue=args.min_tissue, decoder=args.decoder)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "slides"
         d.mkdir()
+        built = Path(args.inputs_dir) if args.inputs_dir else Path(tmp)
+        built.mkdir(parents=True, exist_ok=True)
         if args.input == "pyramid":
-            source = Path(tmp) / "pyramid.tif"
-            make_pyramid(source, args.mosaic, args.codec)
+            source = built / f"pyramid-{args.mosaic}-{args.codec}.tif"
+            if not source.exists():
+                make_pyramid(source, args.mosaic, args.codec)
             for i in range(args.copies):
                 os.link(source, d / f"CMU-mosaic-{i:03d}.tif")
+        elif args.input == "tcga40x":
+            source = built / f"tcga40x-{args.side}.tif"
+            if not source.exists():
+                make_tcga_like(source, args.side)
+            for i in range(args.copies):
+                os.link(source, d / f"TCGA-like-{i:03d}.tif")
         else:
             for i in range(args.copies):
                 shutil.copy(SLIDE, d / f"CMU-{i:03d}.svs")
@@ -129,7 +178,8 @@ def main() -> None:
         report = extract(specs, Path(tmp) / "bench.zarr", cfg, device=args.device, batch_size=args.batch_size,
                          num_workers=args.num_workers)
         wall = time.perf_counter() - t0
-        reading = reader_throughput(specs, cfg, args.num_workers)
+        # The CPU readers alone (under --decoder gpu the workers only plan, so their ceiling is the CPU path).
+        reading = reader_throughput(specs, replace(cfg, decoder="cpu") if cfg.decoder == "gpu" else cfg, args.num_workers)
         # The same readers with every pixel through OpenSlide: what direct tile decoding buys, same run.
         reading_openslide = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers)
     pipeline = report.patches / wall
@@ -140,8 +190,10 @@ def main() -> None:
     machine = (torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine())
     cores = len(os.sched_getaffinity(0))
     workers = {None: "default workers", 1: "1 worker"}.get(args.num_workers, f"{args.num_workers} workers")
-    what = f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})" if args.input == "pyramid" else \
-        f"{args.copies} copies of the small slide"
+    what = {"pyramid": f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})",
+            "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, JPEG)",
+            "copies": f"{args.copies} copies of the small slide"}[args.input]
+    what += f", decoder {args.decoder}"
     if args.target_mpp != 0.5:
         what += f", read at {args.target_mpp} µm/px"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {workers} | "
