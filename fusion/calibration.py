@@ -50,7 +50,7 @@ def fit_calibrator(p_val: np.ndarray, y_val: np.ndarray, method: str) -> Calibra
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    p = np.clip(np.asarray(p, float), 1e-12, 1 - 1e-12)
     return np.log(p / (1 - p))
 
 

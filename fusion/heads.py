@@ -8,9 +8,6 @@ stands for (so a weighted mean of prototypes is the exact mean of the patches).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -23,43 +20,11 @@ from fusion.layers import (
     GatedAttentionPool,
     log_prior,
 )
+from fusion.logistic import fit_logistic
+from fusion.registry import GENES, HEADS, IMAGE, HeadSpec, get_head, list_heads, register_head
 
-GENES, IMAGE = "genes", "image"
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    name: str
-    modalities: frozenset[str]
-    kind: str  # "torch" or "sklearn"
-    build: Callable
-    summary: str
-
-    @property
-    def multimodal(self) -> bool:
-        return len(self.modalities) > 1
-
-
-HEADS: dict[str, HeadSpec] = {}
-
-
-def register_head(name: str, modalities: set[str], kind: str, summary: str):
-    def deco(build):
-        if name in HEADS:
-            raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = HeadSpec(name, frozenset(modalities), kind, build, summary)
-        return build
-    return deco
-
-
-def list_heads() -> list[str]:
-    return list(HEADS)
-
-
-def get_head(name: str) -> HeadSpec:
-    if name not in HEADS:
-        raise KeyError(f"unknown head {name!r}; registered: {', '.join(HEADS)}")
-    return HEADS[name]
+__all__ = ["GENES", "HEADS", "IMAGE", "HeadSpec", "fit_logistic", "get_head", "list_heads", "register_head",
+           "weighted_mean"]
 
 
 def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -88,7 +53,7 @@ class _ImageEncoder(nn.Module):
                "Dense gene encoder of the original study (two ELU layers with dropout; --snn: SELU + AlphaDropout "
                "as in MCAT/PORPOISE), then a linear classifier.")
 class GeneMLP(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=256, dropout=0.25, snn=False):
+    def __init__(self, models, gene_dim, token_dim, *, hidden=256, dropout=0.25, snn=False):
         super().__init__()
         self.enc = FoldMLP(models, [gene_dim, hidden, 64], dropout, snn)
         self.out = FoldLinear(models, 64, 1)
@@ -100,7 +65,7 @@ class GeneMLP(nn.Module):
 @register_head("image_mean", {IMAGE}, "torch",
                "Mean of the patch embeddings (exact, via prototype weights), then an MLP.")
 class ImageMean(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
+    def __init__(self, models, gene_dim, token_dim, *, hidden=128, dropout=0.25, snn=False):
         super().__init__()
         self.mlp = FoldMLP(models, [token_dim, hidden], dropout)
         self.out = FoldLinear(models, hidden, 1)
@@ -113,7 +78,7 @@ class ImageMean(nn.Module):
                "Gated attention MIL (Ilse, Tomczak & Welling, ICML 2018): per-token MLP, gated attention "
                "pooling, linear classifier.")
 class ImageABMIL(nn.Module):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False):
+    def __init__(self, models, gene_dim, token_dim, *, hidden=128, dropout=0.25, snn=False):
         super().__init__()
         self.enc = _ImageEncoder(models, token_dim, hidden, with_mean=False)
         self.out = FoldLinear(models, hidden, 1)
@@ -155,7 +120,7 @@ class _FusionHead(nn.Module):
 
     modality_dropout = 0.2
 
-    def __init__(self, models: int, gene_dim: int, token_dim: int, hidden: int = 128, dropout: float = 0.25,
+    def __init__(self, models: int, gene_dim: int, token_dim: int, *, hidden: int = 128, dropout: float = 0.25,
                  snn: bool = False, dim: int = 32):
         super().__init__()
         self.genes = _GenePath(models, gene_dim, dim, dropout, snn)
@@ -221,8 +186,8 @@ class Late(_FusionHead):
                "Gene and image embeddings concatenated into an MLP, added through a zero-initialised gate to "
                "the two unimodal logits (both branches wired in, unlike the original study's code).")
 class Concat(_FusionHead):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=32):
-        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
+    def __init__(self, models, gene_dim, token_dim, *, hidden=128, dropout=0.25, snn=False, dim=32):
+        super().__init__(models, gene_dim, token_dim, hidden=hidden, dropout=dropout, snn=snn, dim=dim)
         self.mlp = FoldMLP(models, [dim + hidden, 64], dropout)
         self.out = FoldLinear(models, 64, 1)
 
@@ -234,8 +199,8 @@ class Concat(_FusionHead):
                "Gated Kronecker fusion (PathomicFusion, Chen et al. 2020; PORPOISE): each modality gated by the "
                "other, a 1 appended, outer product, then an MLP; added to the two unimodal logits.")
 class Bilinear(_FusionHead):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=16):
-        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
+    def __init__(self, models, gene_dim, token_dim, *, hidden=128, dropout=0.25, snn=False, dim=16):
+        super().__init__(models, gene_dim, token_dim, hidden=hidden, dropout=dropout, snn=snn, dim=dim)
         self.image_proj = FoldLinear(models, hidden, dim)
         self.gate_g = FoldLinear(models, 2 * dim, dim)
         self.gate_i = FoldLinear(models, 2 * dim, dim)
@@ -259,9 +224,9 @@ class Bilinear(_FusionHead):
                "patch tokens and the bag mean, as MCAT; patch tokens query the gene tokens), each pooled by "
                "gated attention, into an MLP; added to the two unimodal logits, so the gene path stays intact.")
 class CrossAttention(_FusionHead):
-    def __init__(self, models, gene_dim, token_dim, hidden=128, dropout=0.25, snn=False, dim=32, gene_tokens=8,
+    def __init__(self, models, gene_dim, token_dim, *, hidden=128, dropout=0.25, snn=False, dim=32, gene_tokens=8,
                  heads=4):
-        super().__init__(models, gene_dim, token_dim, hidden, dropout, snn, dim)
+        super().__init__(models, gene_dim, token_dim, hidden=hidden, dropout=dropout, snn=snn, dim=dim)
         self.t, self.dim = gene_tokens, dim
         self.gene_tokens = FoldLinear(models, dim, gene_tokens * dim)
         self.patches = nn.Sequential(FoldLinear(models, token_dim, dim), nn.ReLU(), nn.Dropout(dropout))
@@ -287,100 +252,5 @@ class CrossAttention(_FusionHead):
         return self.out(self.mlp(torch.cat([pg, pp], dim=-1))).squeeze(-1)
 
 
-# ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
-# A builder ``(seed, threads)`` returns ``fit(inputs, y, train, val) -> (predict, parameter count)``, where
-# ``predict(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
-# (genes: the fold-locally scaled genes; image: the bag mean of the fold-locally projected tokens); only
-# the ``train``/``val`` rows are fitted on.
-
-# L1 (sparse: a few informative genes among thousands) or L2 (dense signal), and its strength.
-PENALTIES = (("l1", 0.01), ("l1", 0.03), ("l1", 0.1), ("l1", 0.3), ("l1", 1.0),
-             ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0))
-
-
-def _logistic(penalty: tuple[str, float], seed: int):
-    from sklearn.linear_model import LogisticRegression
-
-    kind, c = penalty
-    return LogisticRegression(l1_ratio=1.0 if kind == "l1" else 0.0, C=c, solver="liblinear" if kind == "l1" else "lbfgs",
-                              max_iter=3000, class_weight="balanced", random_state=seed)
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int = 3):
-    """A logistic regression on ``rows``, its penalty chosen by stratified CV log-loss on those rows only.
-
-    Returns None unless the chosen model beats the intercept alone (the balanced class prior) by more
-    than 1.64 standard errors of the per-patient paired log-loss difference (one-sided 95%): an input
-    that predicts nothing on held-out rows is left out rather than fitted to noise.
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    yr = y[rows]
-    oof = np.zeros((len(PENALTIES), len(rows)))
-    for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, yr):
-        for k, pen in enumerate(PENALTIES):
-            oof[k, b] = _logistic(pen, seed).fit(x[rows[a]], yr[a]).predict_proba(x[rows[b]])[:, 1]
-    p = np.clip(oof, 1e-7, 1 - 1e-7)
-    # Per-patient log-loss with balanced class weights, the loss the models were fitted with.
-    weight = len(yr) / (2 * np.bincount(yr, minlength=2).clip(1))[yr]
-    loss = -weight * (yr * np.log(p) + (1 - yr) * np.log(1 - p))  # (penalties, rows)
-    best = int(np.argmin(loss.mean(1)))
-    gain = weight * np.log(2.0) - loss[best]  # against the balanced intercept-only model, p = 0.5
-    if gain.mean() <= 1.64 * gain.std(ddof=1) / np.sqrt(len(gain)):
-        return None
-    return _logistic(PENALTIES[best], seed).fit(x[rows], yr)
-
-
-def _logit(model, x: np.ndarray) -> np.ndarray:
-    return np.zeros(len(x)) if model is None else model.decision_function(x)
-
-
-@register_head("logreg", {GENES}, "sklearn",
-               "Logistic regression on the fold-locally scaled genes (scikit-learn), L1 or L2 and its strength "
-               "chosen on the inner validation split.")
-def _logreg(seed: int, threads: int):
-    def fit(inputs, y, tr, val):
-        model = fit_logistic(inputs[GENES], y, np.concatenate([tr, val]), seed)
-        return (lambda inp: 1 / (1 + np.exp(-_logit(model, inp[GENES])))), 1 + (0 if model is None else model.coef_.size)
-    return fit
-
-
-@register_head("xgboost", {GENES}, "sklearn",
-               "Gradient-boosted trees (XGBoost) with early stopping on the inner validation split.")
-def _xgboost(seed: int, threads: int):
-    from xgboost import XGBClassifier
-
-    def fit(inputs, y, tr, val):
-        x = inputs[GENES]
-        pos = max(y[tr].sum(), 1)
-        model = XGBClassifier(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
-                              colsample_bytree=0.5, early_stopping_rounds=30, eval_metric="logloss",
-                              scale_pos_weight=(len(tr) - pos) / pos, random_state=seed, n_jobs=threads,
-                              tree_method="hist")
-        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False)
-        # Parameters of a tree ensemble: its nodes (split or leaf), counted from the text dump.
-        n_nodes = sum(tree.count("\n") for tree in model.get_booster().get_dump())
-        return (lambda inp: model.predict_proba(inp[GENES])[:, 1]), n_nodes
-    return fit
-
-
-@register_head("stack", {GENES, IMAGE}, "sklearn",
-               "Stacking, the simplest learned late fusion: a gene logistic regression and an image logistic "
-               "regression (on the bag mean), their inner-CV out-of-fold logits combined by a logistic "
-               "meta-learner; everything fitted on the fold's training part.")
-def _stack(seed: int, threads: int, inner_folds: int = 5):
-    from sklearn.model_selection import StratifiedKFold
-
-    def fit(inputs, y, tr, val):
-        rows = np.concatenate([tr, val])
-        oof = np.zeros((len(rows), 2))
-        for a, b in StratifiedKFold(inner_folds, shuffle=True, random_state=seed).split(rows, y[rows]):
-            for j, m in enumerate((GENES, IMAGE)):
-                oof[b, j] = _logit(fit_logistic(inputs[m], y, rows[a], seed), inputs[m][rows[b]])
-        meta = _logistic(("l2", 1.0), seed).fit(oof, y[rows])
-        bases = {m: fit_logistic(inputs[m], y, rows, seed) for m in (GENES, IMAGE)}
-
-        def predict(inp):
-            return meta.predict_proba(np.stack([_logit(bases[m], inp[m]) for m in (GENES, IMAGE)], axis=1))[:, 1]
-        return predict, 3 + sum(1 + b.coef_.size for b in bases.values() if b is not None)
-    return fit
+# The baselines register after the torch heads (the order `fusion heads` and `bench` use).
+from fusion import baselines  # noqa: E402, F401

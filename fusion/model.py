@@ -229,7 +229,7 @@ def _predict_one(model: Model, store, genes: str | None, patients: list[str], vi
                     torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
                     torch.from_numpy(g_present), torch.from_numpy(i_present), empty, empty, empty)
     logits = _predict(model.module, data, torch.arange(n)[None])
-    return model.calibrator(torch.sigmoid(logits)[0].numpy())
+    return model.calibrator(torch.sigmoid(logits.double())[0].numpy())
 
 
 def read_patient_list(path) -> list[str]:

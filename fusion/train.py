@@ -289,11 +289,12 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
             n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
             test_idx, test_valid = _padded(data.test)
             val_idx, val_valid = _padded(data.val)
-            vp = torch.sigmoid(_predict(model, data, val_idx)).numpy()
+            vp = torch.sigmoid(_predict(model, data, val_idx).double()).numpy()
             val_probs = [vp[i, val_valid[i].numpy()] for i in range(len(data.val))]
 
             def raw_predict(perm=None):
-                probs = torch.sigmoid(_predict(model, data, test_idx, perm=perm)).numpy()
+                # float64: float32's sigmoid is exactly 1.0 past a logit of ~17, and those ties flatten PR curves
+                probs = torch.sigmoid(_predict(model, data, test_idx, perm=perm).double()).numpy()
                 return _scatter(assign.shape, data, probs, test_valid.numpy())
         thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
         for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
@@ -327,7 +328,7 @@ def bag_means(data: FoldData, i: int) -> np.ndarray:
 
 def _fit_sklearn(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig):
     """Fit one sklearn/XGBoost model per fold; returns ``predict(perm=None)`` over the test folds."""
-    fit = spec.build(cfg.seed, cfg.threads or 1)
+    fit = spec.build(seed=cfg.seed, threads=cfg.threads or 1)
     inputs, predictors, n_params = [], [], 0
     for i in range(len(data.test)):
         inp = {GENES: data.genes[i].numpy()}

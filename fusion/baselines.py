@@ -1,0 +1,70 @@
+"""The scikit-learn / XGBoost heads: the bars every learned head has to clear."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusion.logistic import _logistic, _logit, fit_logistic
+from fusion.registry import GENES, IMAGE, register_head
+
+# ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
+# A builder ``(*, seed, threads)`` returns ``fit(inputs, y, train, val) -> (predict, parameter count)``, where
+# ``predict(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
+# (genes: the fold-locally scaled genes; image: the bag mean of the fold-locally projected tokens); only
+# the ``train``/``val`` rows are fitted on.
+
+
+@register_head("logreg", {GENES}, "sklearn",
+               "Logistic regression on the fold-locally scaled genes (scikit-learn), L1 or L2 and its strength "
+               "chosen on the inner validation split.")
+def _logreg(*, seed: int, threads: int):
+    def fit(inputs, y, tr, val):
+        model = fit_logistic(inputs[GENES], y, np.concatenate([tr, val]), seed)
+        return (lambda inp: 1 / (1 + np.exp(-_logit(model, inp[GENES])))), 1 + (0 if model is None else model.coef_.size)
+    return fit
+
+
+@register_head("xgboost", {GENES}, "sklearn",
+               "Gradient-boosted trees (XGBoost) with early stopping on the inner validation split.")
+def _xgboost(*, seed: int, threads: int):
+    from xgboost import XGBClassifier
+
+    def fit(inputs, y, tr, val):
+        x = inputs[GENES]
+        pos = max(y[tr].sum(), 1)
+        model = XGBClassifier(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
+                              colsample_bytree=0.5, early_stopping_rounds=30, eval_metric="logloss",
+                              scale_pos_weight=(len(tr) - pos) / pos, random_state=seed, n_jobs=threads,
+                              tree_method="hist")
+        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False)
+        # Parameters of a tree ensemble: its nodes (split or leaf), counted from the text dump.
+        n_nodes = sum(tree.count("\n") for tree in model.get_booster().get_dump())
+        return (lambda inp: model.predict_proba(inp[GENES])[:, 1]), n_nodes
+    return fit
+
+
+@register_head("stack", {GENES, IMAGE}, "sklearn",
+               "Stacking, the simplest learned late fusion: a gene logistic regression and an image logistic "
+               "regression (on the bag mean), their inner-CV out-of-fold logits combined by a logistic "
+               "meta-learner; everything fitted on the fold's training part.")
+def _stack(*, seed: int, threads: int, inner_folds: int = 5):
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    def fit(inputs, y, tr, val):
+        rows = np.concatenate([tr, val])
+        # Each base model's penalty is chosen once, on the fold's training part (fit_logistic's own inner CV);
+        # the out-of-fold logits the meta-learner learns from are refits of that model on the inner folds.
+        # Choosing it again inside every inner fold (nested) cost 5x the time for the same penalties.
+        bases = {m: fit_logistic(inputs[m], y, rows, seed) for m in (GENES, IMAGE)}
+        oof = np.zeros((len(rows), 2))
+        for a, b in StratifiedKFold(inner_folds, shuffle=True, random_state=seed).split(rows, y[rows]):
+            for j, m in enumerate((GENES, IMAGE)):
+                base = None if bases[m] is None else clone(bases[m]).fit(inputs[m][rows[a]], y[rows[a]])
+                oof[b, j] = _logit(base, inputs[m][rows[b]])
+        meta = _logistic(("l2", 1.0), seed).fit(oof, y[rows])
+
+        def predict(inp):
+            return meta.predict_proba(np.stack([_logit(bases[m], inp[m]) for m in (GENES, IMAGE)], axis=1))[:, 1]
+        return predict, 3 + sum(1 + b.coef_.size for b in bases.values() if b is not None)
+    return fit
