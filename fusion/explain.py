@@ -38,7 +38,8 @@ def patient_attention(model: Model, store, patient: str, view) -> np.ndarray:
     pool, seen = _image_pool(model), []
     handle = pool.register_forward_hook(lambda _m, _i, out: seen.append(out[1].detach()))
     try:
-        _predict_one(model, store, model.meta.get("gene_table"), [patient], view)
+        # The image pooling's attention depends on the tokens alone: no gene table is needed to draw it.
+        _predict_one(model, store, None, [patient], view, use_genes=False)
     finally:
         handle.remove()
     return seen[-1][0, 0].numpy()

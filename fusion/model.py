@@ -208,13 +208,14 @@ def predict(model_path, store_path, patients: list[str] | None = None, features:
     return patients, np.mean(probs, axis=0), models
 
 
-def _predict_one(model: Model, store, genes: str | None, patients: list[str], view) -> np.ndarray:
+def _predict_one(model: Model, store, genes: str | None, patients: list[str], view, use_genes: bool = True) -> np.ndarray:
+    """``use_genes=False`` runs a gene-using head with no gene input (the image branch alone: fusion explain)."""
     n = len(patients)
     mods = set(model.meta["modalities"])
-    if GENES in mods:
+    if GENES in mods and use_genes:
         g, g_present = _genes_for(model, store, genes, patients)
     else:
-        g, g_present = np.zeros((n, 1), np.float32), np.zeros(n, bool)
+        g, g_present = np.zeros((n, model.meta["gene_dim"]), np.float32), np.zeros(n, bool)
     if IMAGE in mods:
         tokens, mask, weights = view.for_patients(patients)
         if "token_components" in model.pre:

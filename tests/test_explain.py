@@ -70,6 +70,12 @@ def test_explain_every_slide_of_a_store_including_a_tile_folder_and_refusals(tra
     assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == sorted(f"{s}.png" for s in res)
     with pytest.raises(ValueError, match="slide 'nope' is not in feature set"):
         explain(model, store, "nope")
+    # A fusion head's image attention, on a store with slides and no expression table at all.
+    fusion_model = tmp_path / "concat"
+    fit(store.parent / "train.zarr", "concat", CVOptions(label_map=None, view_k=8, train=TrainConfig(
+        epochs=5, token_dim=16, top_genes=10)), fusion_model)
+    coords, scores = explain(fusion_model, store, SLIDE)[SLIDE]
+    assert len(scores) == len(coords) and np.isclose(scores.sum(), 1.0)
     gene_model = tmp_path / "genes"
     simulate_cohort(tmp_path / "sim.zarr", patients=60, patches=8, dim=8, genes=20, seed=0).close()
     fit(tmp_path / "sim.zarr", "image_mean", CVOptions(label_map=None, train=TrainConfig(epochs=3)), gene_model)
