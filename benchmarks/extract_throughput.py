@@ -97,13 +97,14 @@ def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> flo
     """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
     the pipeline can reach when reading, not inference, is the slower half."""
     from featstore.extract import PatchReader
+    from featstore.extract.messages import Pixels
     from featstore.extract.run import _default_workers
 
     workers = _default_workers() if num_workers is None else num_workers
     n, t0 = 0, time.perf_counter()
     for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers):
-        if item[0] == "patches":
-            n += len(item[3])
+        if isinstance(item, Pixels):
+            n += len(item.patches)
     return n / (time.perf_counter() - t0)
 
 

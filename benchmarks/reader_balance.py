@@ -35,6 +35,7 @@ from extract_throughput import make_pyramid  # noqa: E402
 from results_table import append_rows  # noqa: E402
 
 from featstore.extract import ExtractConfig, PatchReader, find_slides  # noqa: E402
+from featstore.extract.messages import Pixels  # noqa: E402
 from featstore.extract.pool import _PatchStream, _ReaderCache  # noqa: E402
 
 COLUMNS = ["date", "machine", "slides", "workers", "patches", "extract (shared ranges), patches/s",
@@ -57,8 +58,8 @@ class RoundRobinStream(_PatchStream):
 def patches_per_second(items: Iterable[tuple]) -> tuple[float, int]:
     n, t0 = 0, time.perf_counter()
     for item in items:
-        if item[0] == "patches":
-            n += len(item[3])
+        if isinstance(item, Pixels):
+            n += len(item.patches)
     return n / (time.perf_counter() - t0), n
 
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from featstore import integrity
-from featstore.backends import HDF5Backend, ZarrBackend, jsonable, open_beside_store, row_chunks
+from featstore.backends import Backend, HDF5Backend, ZarrBackend, jsonable, open_beside_store, row_chunks
 from featstore.errors import StoreError
 from featstore.records import ExpressionTable, LabelTable, SlideFeatures, now_iso
 from featstore.validate import StoreChecks
@@ -84,7 +84,7 @@ class Store(StoreChecks):
         if self.backend_name == "zarr" and exists and not (self.path / "zarr.json").exists():
             raise StoreError(f"{self.path} exists but is not a Zarr v3 store (no zarr.json)")
         backend_cls = ZarrBackend if self.backend_name == "zarr" else HDF5Backend
-        self._backend = backend_cls(self.path, mode)
+        self._backend: Backend = backend_cls(self.path, mode)
         root = self._backend.attrs("")
         if "featstore" not in root:
             if mode == "r":

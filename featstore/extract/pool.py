@@ -16,9 +16,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from featstore.extract.allocator import keep_freed_memory
 from featstore.extract.config import ExtractConfig, SlideSpec
 from featstore.extract.device_decode import JPEG
+from featstore.extract.messages import Coords, Failed, Pixels, Planned, Range, Split
 from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.slides import SlideError, open_slide
 from featstore.tiling import Geometry
+
+Message = Planned | Pixels | Coords | Failed | Split
 
 # A slide shared between reader workers goes out in ranges of 4 to 32 chunks (128 to 1,024 patches at
 # the default chunk of 32): at most about a second of one worker's reading, so the last range ends the
@@ -46,8 +49,8 @@ class _ReaderCache:
 
 
 class _PatchStream(IterableDataset):
-    """Runs in each reader worker. Yields ('plan', i, plan), ('patches', i, start, uint8 NHWC),
-    ('error', i, reason) and ('split', i, first row, end row, range size), for :class:`PatchReader` to hand on.
+    """Runs in each reader worker. Yields Planned, Pixels (or Coords), Failed and Split messages
+    (featstore.extract.messages), for :class:`PatchReader` to hand on.
 
     A worker reads a shared row range if one is waiting, else claims the next unclaimed slide from a
     shared counter, plans it and reads it. When it finds nothing to claim it waits for shared ranges,
@@ -70,19 +73,20 @@ class _PatchStream(IterableDataset):
         self._ppid: int | None = None  # in a worker: its parent (the main process, or a fork server)
         self._spec = dict(specs)
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator[Message]:
         self._ppid = os.getppid() if get_worker_info() is not None else None
         readers = _ReaderCache()
         try:
             while (unit := self._next_unit()) is not None:
-                if unit[0] == "slide":
-                    yield from self._slide(unit[1], readers)
+                if isinstance(unit, Range):
+                    yield from self._range(unit, readers)
                 else:
-                    yield from self._range(*unit[1:], readers)
+                    yield from self._slide(unit, readers)
         finally:
             readers.close()
 
-    def _next_unit(self) -> tuple | None:
+    def _next_unit(self) -> int | Range | None:
+        """A shared range waiting for a worker, else the next unclaimed slide; None when all is read."""
         if self.ranges is not None and not self.ranges.empty():
             try:
                 return self._took(self.ranges.get(timeout=0.01))
@@ -92,7 +96,7 @@ class _PatchStream(IterableDataset):
             i = self._next.value
             self._next.value += 1
         if i < len(self.specs):
-            return ("slide", self.specs[i][0])
+            return self.specs[i][0]
         if self.ranges is None:
             return None
         with self._idle.get_lock():
@@ -113,24 +117,23 @@ class _PatchStream(IterableDataset):
         own worker watchdog does, a worker watches for its parent process changing."""
         return self._ppid is not None and os.getppid() != self._ppid
 
-    def _took(self, unit: tuple | None) -> tuple | None:
+    def _took(self, unit: Range | None) -> Range | None:
         if unit is not None:
             with self._pending.get_lock():
                 self._pending.value -= 1
         return unit
 
-    def count_pending(self, split: tuple, sign: int = 1) -> None:
+    def count_pending(self, split: Split, sign: int = 1) -> None:
         """Counted by the worker that splits, before the ranges exist, so that it does not split again
         for the same idle workers; uncounted by the main process for a split it never hands out."""
-        _, _, first, stop, size = split
         with self._pending.get_lock():
-            self._pending.value += sign * -(-(stop - first) // size)
+            self._pending.value += sign * split.ranges
 
     def _open(self, idx: int):
         spec = self._spec[idx]
         return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.decoder != "openslide")
 
-    def _slide(self, idx: int, readers: _ReaderCache) -> Iterator[tuple]:
+    def _slide(self, idx: int, readers: _ReaderCache) -> Iterator[Message]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -139,20 +142,20 @@ class _PatchStream(IterableDataset):
             plan.info["warnings"] = [str(w.message) for w in caught]
             plan.info["device_decode"] = self._device_decodes(reader, plan.geometry)
         except Exception as exc:  # one bad slide never stops the others
-            yield ("error", idx, _reason(exc))
+            yield Failed(idx, _reason(exc))
             return
-        yield ("plan", idx, plan)
+        yield Planned(idx, plan)
         yield from self._read(idx, reader, plan.geometry, plan.coords, 0, owner=True)
 
-    def _range(self, idx: int, start: int, coords: np.ndarray, geom: Geometry, readers: _ReaderCache) -> Iterator[tuple]:
+    def _range(self, unit: Range, readers: _ReaderCache) -> Iterator[Message]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the slide's owner has recorded them
-                reader = readers.get(idx, lambda: self._open(idx))
+                reader = readers.get(unit.slide, lambda: self._open(unit.slide))
         except Exception as exc:
-            yield ("error", idx, _reason(exc))
+            yield Failed(unit.slide, _reason(exc))
             return
-        yield from self._read(idx, reader, geom, coords, start, owner=False)
+        yield from self._read(unit.slide, reader, unit.geometry, unit.coords, unit.start, owner=False)
 
     def _device_decodes(self, reader, geom: Geometry) -> bool:
         """Whether this slide's patches are decoded on the device by the main process (--decoder gpu and
@@ -160,12 +163,12 @@ class _PatchStream(IterableDataset):
         level = reader.direct_level(geom.level) if self.cfg.decoder == "gpu" and hasattr(reader, "direct_level") else None
         return level is not None and level.page.compression == JPEG
 
-    def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[tuple]:
+    def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[Message]:
         """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks (of coordinates alone when
         the main process decodes them on the device)."""
         if self._device_decodes(reader, geom):
             for pos in range(0, len(coords), self.chunk):
-                yield ("coords", idx, offset + pos, coords[pos:pos + self.chunk])
+                yield Coords(idx, offset + pos, coords[pos:pos + self.chunk])
             return
         pos, end = 0, len(coords)
         may_split = owner and self.ranges is not None and reader.shareable
@@ -177,22 +180,20 @@ class _PatchStream(IterableDataset):
                 if idle > 0 and end - pos >= 2 * self.min_range:
                     size = -(-(end - pos) // (idle + 1) // self.chunk) * self.chunk
                     size = max(self.min_range, min(self.max_range, size))
-                    split = ("split", idx, offset + pos + size, offset + end, size)
+                    split = Split(idx, offset + pos + size, offset + end, size)
                     self.count_pending(split)
                     yield split
                     end = pos + size
                 block = coords[pos:min(pos + self.chunk, end)]
-                yield ("patches", idx, offset + pos,
-                       torch.from_numpy(np.stack([read_patch(reader, geom, x, y) for x, y in block])))
+                yield Pixels(idx, offset + pos, torch.from_numpy(np.stack([read_patch(reader, geom, x, y) for x, y in block])))
                 pos += len(block)
         except Exception as exc:
-            yield ("error", idx, _reason(exc))
+            yield Failed(idx, _reason(exc))
 
 
 class PatchReader:
-    """Reader workers over slides: an iterator of ('plan', i, plan), ('patches', i, start, uint8 NHWC),
-    ('error', i, reason) and ('split', i, first row, end row, range size) items (those rows are shared
-    out), as soon as any worker has one.
+    """Reader workers over slides: an iterator of Planned, Pixels (or Coords), Failed and Split messages
+    (featstore.extract.messages; a Split's rows are shared out), as soon as any worker has one.
 
     Each slide's plan comes before its patches; a slide's patches may come from several workers, so
     out of row order. After a slide's error nothing more of it comes. This side coordinates the
@@ -205,7 +206,7 @@ class PatchReader:
         self.workers, self.pin_memory = workers, pin_memory
         self.stream = _PatchStream(specs, cfg, mpp_default, chunk, share=share and workers > 1)
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator[Message]:
         stream = self.stream
         # Held here, not only by the for loop, so that on an early stop the waiting workers are released
         # (finally) before the workers are shut down (when this frame lets go of it).
@@ -227,28 +228,29 @@ class PatchReader:
             if not unresolved:
                 release_waiting_workers()
             for item in items:
-                kind, idx = item[0], item[1]
+                idx = item.slide
                 if stream.failed[idx]:
-                    if kind == "split":
+                    if isinstance(item, Split):
                         stream.count_pending(item, -1)
                     continue
-                if kind == "split":  # rows item[2] to item[3] go to any worker, in ranges of item[4]
-                    plan, (first, stop, size) = plans[idx], item[2:]
-                    for start in range(first, stop, size):
-                        stream.ranges.put(("range", idx, start, plan.coords[start:min(start + size, stop)],
-                                           plan.geometry))
-                elif kind == "plan":
-                    unresolved -= 1
-                    plans[idx], rows_left[idx] = item[2], len(item[2].coords)
-                elif kind in ("patches", "coords"):
-                    rows_left[idx] -= len(item[3])
-                    if not rows_left[idx]:
-                        del rows_left[idx], plans[idx]
-                else:  # error
-                    stream.failed[idx] = 1  # the workers drop the rest of this slide
-                    if rows_left.pop(idx, None) is None:
+                match item:
+                    case Split(first=first, end=end, size=size):  # those rows go to any worker, in ranges
+                        plan = plans[idx]
+                        for start in range(first, end, size):
+                            stream.ranges.put(Range(idx, start, plan.coords[start:min(start + size, end)],
+                                                    plan.geometry))
+                    case Planned(plan=plan):
                         unresolved -= 1
-                    plans.pop(idx, None)
+                        plans[idx], rows_left[idx] = plan, len(plan.coords)
+                    case Pixels(patches=rows) | Coords(coords=rows):
+                        rows_left[idx] -= len(rows)
+                        if not rows_left[idx]:
+                            del rows_left[idx], plans[idx]
+                    case Failed():
+                        stream.failed[idx] = 1  # the workers drop the rest of this slide
+                        if rows_left.pop(idx, None) is None:
+                            unresolved -= 1
+                        plans.pop(idx, None)
                 yield item
                 if not unresolved and not rows_left:
                     release_waiting_workers()  # every slide is read

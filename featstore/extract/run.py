@@ -16,6 +16,7 @@ from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport,
 from featstore.extract.device_decode import SlideDecoder
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
 from featstore.extract.events import _EventLog, _StopRun
+from featstore.extract.messages import Coords, Failed, Pixels, Planned, Split
 from featstore.extract.pool import PatchReader
 from featstore.extract.writer import _Writer
 from featstore.provenance import config_hash, file_fingerprint
@@ -187,44 +188,43 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
 
     try:
         for item in reading:
-            kind, idx = item[0], item[1]
-            if kind == "plan":
-                plan = item[2]
-                if plan.info.pop("device_decode", False):
-                    decoders[idx] = SlideDecoder(specs[idx].path, {**plan.info, "rows": len(plan.coords)},
-                                                 plan.geometry, dev)
-                    plan.info["pixels"] = decoders[idx].note
-                writer.put(("begin", idx, plan))
-                log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(item[2].coords)))
-            elif kind == "error":
-                writer.put(("fail", idx, item[2]))
-            elif kind == "split":
-                log("slide_shared", slide_id=specs[idx].slide_id, patches=[int(item[2]), int(item[3])],
-                    range_size=int(item[4]), reason="reader workers were idle: they read these patches")
-            else:
-                start, patches = item[2], item[3]
-                if kind == "coords":
-                    patches = decoders[idx].patches(patches)
-                    decoders[idx].rows_left -= len(patches)
-                    if not decoders[idx].rows_left:
-                        decoders.pop(idx).close()
-                buffered.append((idx, start, patches))
-                n_buffered += len(patches)
-                while n_buffered >= batch_size:
-                    take, rest, got = [], [], 0
-                    for b_idx, b_start, b in buffered:
-                        need = batch_size - got
-                        if need <= 0:
-                            rest.append((b_idx, b_start, b))
-                        elif len(b) <= need:
-                            take.append((b_idx, b_start, b))
-                            got += len(b)
-                        else:
-                            take.append((b_idx, b_start, b[:need]))
-                            rest.append((b_idx, b_start + need, b[need:]))
-                            got += need
-                    buffered, n_buffered = rest, n_buffered - batch_size
-                    launch(take)
+            idx = item.slide
+            match item:
+                case Planned(plan=plan):
+                    if plan.info.pop("device_decode", False):
+                        decoders[idx] = SlideDecoder(specs[idx].path, {**plan.info, "rows": len(plan.coords)},
+                                                     plan.geometry, dev)
+                        plan.info["pixels"] = decoders[idx].note
+                    writer.put(("begin", idx, plan))
+                    log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(plan.coords)))
+                case Failed(reason=reason):
+                    writer.put(("fail", idx, reason))
+                case Split(first=first, end=end, size=size):
+                    log("slide_shared", slide_id=specs[idx].slide_id, patches=[int(first), int(end)],
+                        range_size=int(size), reason="reader workers were idle: they read these patches")
+                case Pixels(start=start, patches=patches) | Coords(start=start, coords=patches):
+                    if isinstance(item, Coords):
+                        patches = decoders[idx].patches(patches)
+                        decoders[idx].rows_left -= len(patches)
+                        if not decoders[idx].rows_left:
+                            decoders.pop(idx).close()
+                    buffered.append((idx, start, patches))
+                    n_buffered += len(patches)
+                    while n_buffered >= batch_size:
+                        take, rest, got = [], [], 0
+                        for b_idx, b_start, b in buffered:
+                            need = batch_size - got
+                            if need <= 0:
+                                rest.append((b_idx, b_start, b))
+                            elif len(b) <= need:
+                                take.append((b_idx, b_start, b))
+                                got += len(b)
+                            else:
+                                take.append((b_idx, b_start, b[:need]))
+                                rest.append((b_idx, b_start + need, b[need:]))
+                                got += need
+                        buffered, n_buffered = rest, n_buffered - batch_size
+                        launch(take)
             writer.raise_if_stopped()
         if buffered:
             launch(buffered)
