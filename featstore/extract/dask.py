@@ -17,12 +17,9 @@ from featstore.store import open as open_store
 
 def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
                  batch_size: int, mpp_default: float | None) -> dict:
-    from featstore.extract.run import extract
+    from featstore.extract.run import extract_slide
 
-    # In-process reading (no DataLoader workers): Dask already runs one slide per worker slot.
-    report = extract([spec], store_path, config, name=name, device=device, batch_size=batch_size,
-                     num_workers=0, mpp_default=mpp_default)
-    return dataclasses.asdict(report)
+    return dataclasses.asdict(extract_slide(spec, store_path, name, config, device, batch_size, mpp_default))
 
 
 def gpu_cluster(devices: list[str]):

@@ -97,8 +97,8 @@ def extract(
                 precision=precision, config_hash=config_hash(fs_config), **runtime)
             if not distributed:
                 workers = _default_workers() if num_workers is None else num_workers
-                _run_local(store, name, todo, config, encoder, dev, precision, batch_size, workers, mpp_default,
-                           strict, log, report, runtime)
+                _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, workers, mpp_default,
+                                      strict, log, report, runtime), todo)
     finally:
         if dev.type == "cpu":
             restore_default()
@@ -110,6 +110,30 @@ def extract(
     report.seconds = time.perf_counter() - t0
     log("run_end", feature_set=name, done=len(report.done), skipped=len(report.skipped),
         failed=len(report.failed), patches=report.patches, seconds=round(report.seconds, 3))
+    return report
+
+
+def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, config: ExtractConfig, device: str,
+                  batch_size: int, mpp_default: float | None) -> ExtractReport:
+    """One slide into a feature set the driver has made (a Dask task): the same config or an error, the
+    driver's precision, in-process reading (Dask already runs one slide per worker slot)."""
+    store_path = Path(store_path)
+    dev = resolve_device(device)
+    encoder = build_encoder(config.encoder, config.weights, config.seed)
+    log, report = _EventLog(store_path, None), ExtractReport(name)
+    allocator = keep_freed_memory() if dev.type == "cpu" else "system default"
+    try:
+        with open_store(store_path, "a") as store:
+            precision = store.feature_set_info(name).get("config", {}).get("precision", "fp32")
+            fs_config = feature_set_config(config, encoder, precision)
+            todo = _prepare(store, name, fs_config, [spec], False, log, report)  # another config: an error
+            runtime = {"device": str(dev), "precision_choice": "the driver's", "allocator": allocator,
+                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, 0, mpp_default, False,
+                                  log, report, runtime), todo)
+    finally:
+        if dev.type == "cpu":
+            restore_default()
     return report
 
 
@@ -141,11 +165,30 @@ def _default_workers() -> int:
     return max(1, min(12, cores - 1))
 
 
-def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg: ExtractConfig, encoder: Encoder,
-               dev: torch.device, precision: str, batch_size: int, num_workers: int, mpp_default: float | None,
-               strict: bool, log: _EventLog, report: ExtractReport, runtime: dict) -> None:
+@dataclasses.dataclass
+class RunContext:
+    """What one run (or one Dask task) reads through: its settings, the open store, and where it reports."""
+
+    store: Store
+    name: str
+    cfg: ExtractConfig
+    encoder: Encoder
+    dev: torch.device
+    precision: str
+    batch_size: int
+    num_workers: int
+    mpp_default: float | None
+    strict: bool
+    log: _EventLog
+    report: ExtractReport
+    runtime: dict
+
+
+def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
     if not todo:
         return
+    store, name, cfg, encoder, dev, precision = ctx.store, ctx.name, ctx.cfg, ctx.encoder, ctx.dev, ctx.precision
+    batch_size, num_workers, mpp_default, log = ctx.batch_size, ctx.num_workers, ctx.mpp_default, ctx.log
     specs = [s for s, _ in todo]
     fingerprints = [fp for _, fp in todo]
     embed = PatchEmbedder(encoder, dev, precision)
@@ -155,7 +198,8 @@ def _run_local(store: Store, name: str, todo: list[tuple[SlideSpec, dict]], cfg:
     # big slide alone while the device waits (longest-processing-time-first scheduling).
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
     reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda)
-    writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, runtime, log, report, strict)
+    writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, ctx.runtime, log, ctx.report,
+                     ctx.strict)
     decoders: dict[int, SlideDecoder] = {}  # slides whose pixels the main process decodes on the device
     buffered: list[tuple[int, int, torch.Tensor]] = []
     n_buffered = 0
