@@ -118,6 +118,12 @@ def provenance(store, cohort: Cohort) -> dict:
         prov = store.read_expression(cohort.gene_table).provenance
         out["expression table"] = cohort.gene_table
         out.update({f"expression: {k}": prov[k] for k in ("source", "path", "transform", "simulated") if k in prov})
+        # What the import dropped and why (normal-tissue samples, duplicates, patients without a tumour sample).
+        out.update({f"expression import note {i + 1}": note for i, note in enumerate(prov.get("notes", []))})
+    if cohort.label_table:
+        prov = store.read_labels(cohort.label_table).provenance
+        out.update({f"labels: {k}": prov[k] for k in ("source", "label_column", "label_map") if k in prov})
+        out.update({f"labels import note {i + 1}": note for i, note in enumerate(prov.get("notes", []))})
     out["software"] = ", ".join(f"{k} {v}" for k, v in library_versions(
         ("featstore", "torch", "numpy", "scikit-learn", "xgboost", "zarr", "h5py")).items())
     try:

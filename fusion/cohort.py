@@ -24,6 +24,7 @@ class Cohort:
     feature_set: str | None
     gene_table: str | None
     summary: dict = field(default_factory=dict)
+    label_table: str | None = None  # the store's labels table, or None for a labels CSV
 
     @property
     def has_genes(self) -> np.ndarray:
@@ -54,6 +55,7 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
     if labels_csv is not None:
         table, _ = read_labels(labels_csv, id_column=label_id_column, label_column=label_column, label_map=label_map)
     else:
+        labels = store.resolve("labels", labels)
         table = store.read_labels(labels)
     counts = Counter(table.labels)
     if len(counts) != 2:
@@ -116,4 +118,4 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
         "missing": missing,
     }
     return Cohort(kept, y, (negative, positive), genes_arr, gene_ids, {p: slides.get(p, []) for p in kept},
-                  fs_name, gene_name, summary)
+                  fs_name, gene_name, summary, None if labels_csv is not None else labels)
