@@ -152,7 +152,7 @@ def write_report(results: dict[str, dict], args, minutes: float, final: bool = F
              "SIMULATED cohorts (fusion/simulate.py) with "
              f"{COMMON['patches']} patches x {COMMON['dim']} dims per bag, {COMMON['genes']} genes of which "
              f"{COMMON['n_informative_genes']} informative; 5-fold patient-level CV, seed 0, default hyper-parameters. "
-             "The REAL cell is real expression with pure-noise image bags."
+             "Heads compared uncalibrated (their own predictions). The REAL cell is real expression with pure-noise image bags."
              + ("" if final else " (Run in progress: the cells measured so far.)"), "",
              "ROC-AUC of the pooled out-of-fold predictions per head; for each fusion head, its difference to the "
              "best unimodal head with a paired patient-bootstrap 95% CI. `*`: the modality check found an input "

@@ -18,9 +18,21 @@ from fusion.registry import GENES, IMAGE, register_head
                "Logistic regression on the fold-locally scaled genes (scikit-learn), L1 or L2 and its strength "
                "chosen on the inner validation split.")
 def _logreg(*, seed: int, threads: int):
+    return _linear(GENES, seed)
+
+
+@register_head("image_logreg", {IMAGE}, "sklearn",
+               "Logistic regression on the bag mean of the fold-locally projected tokens, L1 or L2 and its "
+               "strength chosen by inner CV: the linear bar for the image, as logreg is for the genes.")
+def _image_logreg(*, seed: int, threads: int):
+    return _linear(IMAGE, seed)
+
+
+def _linear(modality: str, seed: int):
     def fit(inputs, y, tr, val):
-        model = fit_logistic(inputs[GENES], y, np.concatenate([tr, val]), seed)
-        return (lambda inp: 1 / (1 + np.exp(-_logit(model, inp[GENES])))), 1 + (0 if model is None else model.coef_.size)
+        model = fit_logistic(inputs[modality], y, np.concatenate([tr, val]), seed)
+        return ((lambda inp: 1 / (1 + np.exp(-_logit(model, inp[modality])))),
+                1 + (0 if model is None else model.coef_.size))
     return fit
 
 
