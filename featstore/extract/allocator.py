@@ -7,8 +7,10 @@ the process (and each reader worker), so nothing has to re-exec. The price is a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _KEEP = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}
@@ -35,3 +37,16 @@ def keep_freed_memory() -> str:
 
 def restore_default() -> None:
     _mallopt(_DEFAULT)
+
+
+@contextlib.contextmanager
+def freed_memory_kept(cpu: bool) -> Iterator[str]:
+    """Keep freed memory for the duration of a run on the CPU (glibc's defaults again after); yields what was
+    done, for provenance."""
+    if not cpu:
+        yield "system default"
+        return
+    try:
+        yield keep_freed_memory()
+    finally:
+        restore_default()

@@ -176,12 +176,13 @@ class SlideDecoder:
     """The main process's pixels for one slide under ``--decoder gpu``: the device decoder when the slide's
     check passes, the CPU decoder otherwise; ``note`` says which, for the slide's provenance."""
 
-    def __init__(self, path: str, plan_info: dict, geom: Geometry, device: torch.device):
+    def __init__(self, path: str, plan, device: torch.device):
         from featstore.tifftiles import TiffTiles
 
-        dims = tuple(tuple(d) for d in plan_info["level_dimensions"])
-        self.geom, self.downsample = geom, float(plan_info["level_downsamples"][geom.level])
-        self.rows_left = int(plan_info.get("rows", 0))
+        geom = plan.geometry
+        dims = tuple(tuple(d) for d in plan.info["level_dimensions"])
+        self.geom, self.downsample = geom, float(plan.info["level_downsamples"][geom.level])
+        self.rows_left = len(plan.coords)
         self._tiles = TiffTiles(Path(path), dims)
         level = self._tiles.levels[geom.level]
         self._device: DeviceTileDecoder | None = DeviceTileDecoder(level, device)

@@ -11,7 +11,7 @@ import torch
 
 from featstore.encoders import Encoder, build_encoder
 from featstore.errors import DeviceError
-from featstore.extract.allocator import keep_freed_memory, restore_default
+from featstore.extract.allocator import freed_memory_kept
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
 from featstore.extract.device_decode import SlideDecoder
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
@@ -79,15 +79,13 @@ def extract(
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
     t0 = time.perf_counter()
-    allocator = keep_freed_memory() if dev.type == "cpu" else "system default"
-    try:
+    with freed_memory_kept(dev.type == "cpu") as allocator:
         with open_store(store_path, "a") as store:
             existing = (store.feature_set_info(name).get("config", {}).get("precision")
                         if name in store.feature_sets() and not overwrite else None)
             precision, why = resolve_precision(config.precision, dev, encoder, config.patch_size, existing)
             fs_config = feature_set_config(config, encoder, precision)
-            runtime = {"device": str(dev), "precision_choice": why, "allocator": allocator,
-                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            runtime = _runtime(dev, why, allocator)
             todo = _prepare(store, name, fs_config, slides, overwrite, log, report)
             distributed = scheduler is not None or dask_workers is not None or bool(gpus)
             if distributed and store.backend_name == "hdf5":
@@ -99,9 +97,6 @@ def extract(
                 workers = _default_workers() if num_workers is None else num_workers
                 _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, workers, mpp_default,
                                       strict, log, report, runtime), todo)
-    finally:
-        if dev.type == "cpu":
-            restore_default()
     if distributed and todo:
         from featstore.extract.dask import run_on_dask
 
@@ -121,20 +116,19 @@ def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, con
     dev = resolve_device(device)
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log, report = _EventLog(store_path, None), ExtractReport(name)
-    allocator = keep_freed_memory() if dev.type == "cpu" else "system default"
-    try:
-        with open_store(store_path, "a") as store:
-            precision = store.feature_set_info(name).get("config", {}).get("precision", "fp32")
-            fs_config = feature_set_config(config, encoder, precision)
-            todo = _prepare(store, name, fs_config, [spec], False, log, report)  # another config: an error
-            runtime = {"device": str(dev), "precision_choice": "the driver's", "allocator": allocator,
-                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-            _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, 0, mpp_default, False,
-                                  log, report, runtime), todo)
-    finally:
-        if dev.type == "cpu":
-            restore_default()
+    with freed_memory_kept(dev.type == "cpu") as allocator, open_store(store_path, "a") as store:
+        precision = store.feature_set_info(name).get("config", {}).get("precision", "fp32")
+        fs_config = feature_set_config(config, encoder, precision)
+        todo = _prepare(store, name, fs_config, [spec], False, log, report)  # another config: an error
+        _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, 0, mpp_default, False,
+                              log, report, _runtime(dev, "the driver's", allocator)), todo)
     return report
+
+
+def _runtime(dev: torch.device, precision_choice: str, allocator: str) -> dict:
+    """How a slide was made, beside what it is (its provenance; not part of the feature set's identity)."""
+    return {"device": str(dev), "precision_choice": precision_choice, "allocator": allocator,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _prepare(store: Store, name: str, fs_config: dict, slides: list[SlideSpec], overwrite: bool, log: _EventLog,
@@ -236,8 +230,7 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
             match item:
                 case Planned(plan=plan):
                     if plan.info.pop("device_decode", False):
-                        decoders[idx] = SlideDecoder(specs[idx].path, {**plan.info, "rows": len(plan.coords)},
-                                                     plan.geometry, dev)
+                        decoders[idx] = SlideDecoder(specs[idx].path, plan, dev)
                         plan.info["pixels"] = decoders[idx].note
                     writer.put(("begin", idx, plan))
                     log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(plan.coords)))
