@@ -273,7 +273,11 @@ def test_reader_workers_under_spawn_and_forkserver(tmp_path):
     assert [line.split()[0] for line in lines] == ["spawn", "forkserver"]
     assert all("['big'] {}" in line for line in lines), out
     with featstore.open(tmp_path / "spawn.zarr") as a, featstore.open(tmp_path / "forkserver.zarr") as b:
-        np.testing.assert_array_equal(a.read_slide(None, "big").features, b.read_slide(None, "big").features)
+        x, y = a.read_slide(None, "big"), b.read_slide(None, "big")
+        np.testing.assert_array_equal(x.coords, y.coords)
+        # Same tiles, same weights; the fp32 sums may round differently under load (thread scheduling), which the
+        # fp16 store can turn into one last-place step: a wrong tile would differ by orders of magnitude more.
+        np.testing.assert_allclose(x.features.astype(np.float32), y.features.astype(np.float32), rtol=1e-3, atol=1e-4)
 
 
 def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
