@@ -80,7 +80,7 @@ def test_a_slide_whose_device_decoding_disagrees_is_read_on_the_cpu_and_says_so(
     ref = extract(find_slides([CMU]), tmp_path / "r.zarr", ExtractConfig(**{**CFG.__dict__, "decoder": "cpu"}),
                   num_workers=0)
     assert ref.done == [SLIDE]
-    ref = _features(tmp_path / "r.zarr", "resnet50-trunc")
-    np.testing.assert_array_equal(got.coords, ref.coords)
+    want = _features(tmp_path / "r.zarr", "resnet50-trunc")
+    np.testing.assert_array_equal(got.coords, want.coords)
     # Same pixels; two reader workers can batch them differently, which may move an fp16 value by one last place.
-    np.testing.assert_allclose(got.features.astype(np.float32), ref.features.astype(np.float32), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got.features.astype(np.float32), want.features.astype(np.float32), rtol=1e-3, atol=1e-4)
