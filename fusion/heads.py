@@ -143,6 +143,10 @@ class _FusionHead(nn.Module):
                         layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
                         # Half the intercept each, so the two logits together carry one intercept.
                         layer.bias[i, 0, 0] = float(model.intercept_[0]) / 2
+            # The attention branch's logit starts at 0 (its gradient still flows), so the starting point is
+            # exactly the two fitted linear models, the fallback the trainer compares the trained head with.
+            self.image_logit.weight.zero_()
+            self.image_logit.bias.zero_()
         # The fitted linear logits stay as fitted (their strength was chosen by CV); training learns what they
         # miss: the attention branch and the fusion term.
         for layer in (self.genes.logit, self.image_linear):
