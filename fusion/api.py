@@ -167,9 +167,9 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
         "simulated": simulated, "provenance": prov or {},
     }
     kept = getattr(result.model, "trained_kept", None)
-    if kept is not None:  # per fold model: did training beat the warm start (the fitted linear models)?
-        metrics["trained_kept"] = {"per_model": kept, "rule": "kept only where it beats the warm start on the "
-                                   "inner validation rows by > 1.64 SE of the paired per-patient log-loss"}
+    if kept is not None:
+        metrics["trained_kept"] = {"per_model": kept, "rule": "training kept only where it beats the warm start "
+                                   "(the fitted linear models) on the inner validation rows by > 1.64 SE"}
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
     if leak:

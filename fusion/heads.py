@@ -141,8 +141,9 @@ class _FusionHead(nn.Module):
                     layer.bias[i] = 0.0
                     if model is not None:
                         layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
-                        # Half the intercept each, so the two logits together carry one intercept.
-                        layer.bias[i, 0, 0] = float(model.intercept_[0]) / 2
+                        # Each keeps its whole intercept: both are fitted with balanced class weights, so each
+                        # logit is a log-likelihood ratio against an even prior, and their sum is the late fusion.
+                        layer.bias[i, 0, 0] = float(model.intercept_[0])
             # The attention branch's logit starts at 0 (its gradient still flows), so the starting point is
             # exactly the two fitted linear models, the fallback the trainer compares the trained head with.
             self.image_logit.weight.zero_()
