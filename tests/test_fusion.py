@@ -16,7 +16,7 @@ from fusion.heads import HEADS
 from fusion.metrics import all_metrics, average_precision, roc_auc
 from fusion.simulate import simulate_cohort
 from fusion.splits import make_splits, read_splits, write_splits
-from fusion.train import TrainConfig, cross_validate, permute_within_test_folds
+from fusion.train import TrainConfig, _back_to_warm_start_unless_significant, cross_validate, permute_within_test_folds
 from fusion.views import build_view
 
 from .conftest import MIXOMICS
@@ -177,6 +177,28 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
             assert check[null]["verdict"] == f"{null} adds nothing measurable"
             assert check[kept]["informative"], (head, check)
     assert f"{null} adds nothing measurable" in (tmp_path / "b" / "leaderboard.md").read_text()
+
+
+def test_a_fusion_head_keeps_its_training_only_where_it_clearly_beats_its_warm_start():
+    """Two models trained together: the first lowers every validation patient's loss, the second only moves
+    losses about at random (what an attention branch fitted to noise does). Only the first keeps its weights;
+    the second is put back exactly to its warm start, the fitted linear models."""
+    model = HEADS["late"].build(2, 5, 4)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    start_losses = torch.full((2, 100), 0.6)
+    noise = torch.from_numpy(rng.normal(0, 0.3, 100)).float()
+    trained_losses = torch.stack([0.6 - 0.05 + 0.05 * noise, 0.6 - 0.01 + noise])
+    valid = torch.ones(2, 100)
+    kept = _back_to_warm_start_unless_significant(model, start, start_losses, trained_losses, valid)
+    assert kept == [True, False]
+    for k, v in model.state_dict().items():
+        if v.dim() and v.shape[0] == 2:
+            assert torch.equal(v[0], trained[k][0]) and torch.equal(v[1], start[k][1]), k
 
 
 def test_attention_mil_finds_a_minority_of_patches_that_mean_pooling_misses(tmp_path):
