@@ -136,8 +136,8 @@ def main() -> None:
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     workers = args.workers or cores
-    # The heads' small batched steps are bound by per-operation overhead more than by arithmetic, so cells
-    # side by side on one thread each finish sooner than one cell at a time on every core (measured 1.4-1.7x).
+    # Cells side by side on one thread each finish a little sooner than one at a time on every core
+    # (measured on 2 cores: about 1.1x; the heads' small batched steps do not use two threads well).
     threads = max(1, cores // workers)
     grid: list[tuple[str, dict | None]] = list(cells(args.patients or ([200] if args.quick else [200, 1000])))
     grid.append(("REAL mixOmics TCGA-BRCA genes, null image", None))

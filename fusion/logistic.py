@@ -3,10 +3,9 @@ fitted linear logits the fusion heads start from."""
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-
 import numpy as np
+
+from fusion.memo import Memo, digest
 
 # L1 (sparse: a few informative genes among thousands) or L2 (dense signal), and its strength.
 PENALTIES = (("l1", 0.01), ("l1", 0.03), ("l1", 0.1), ("l1", 0.3), ("l1", 1.0),
@@ -21,8 +20,7 @@ def _logistic(penalty: tuple[str, float], seed: int):
                               max_iter=3000, class_weight="balanced", random_state=seed)
 
 
-_FITTED: OrderedDict[str, object] = OrderedDict()  # fit_logistic's results by a digest of all its inputs
-_FITTED_MAX = 256
+_FITTED = Memo(256)  # fit_logistic's results by a digest of all its inputs
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int = 3):
@@ -32,23 +30,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fold
     than 1.64 standard errors of the per-patient paired log-loss difference (one-sided 95%): an input
     that predicts nothing on held-out rows is left out rather than fitted to noise.
 
-    A pure function of its inputs, so its results are kept by a digest of them (bounded, least recently
-    used out): the fusion heads of a bench warm-start from the same fold inputs, and each would otherwise
-    refit the same 27 models.
+    A pure function of its inputs, so its results are kept by a digest of them (``fusion.memo``): the
+    fusion heads of a bench warm-start from the same fold inputs, and each would otherwise refit the same
+    27 models.
     """
-    digest = hashlib.sha1()
-    for part in (np.ascontiguousarray(x), np.ascontiguousarray(y), np.ascontiguousarray(rows)):
-        digest.update(str((part.dtype, part.shape)).encode())
-        digest.update(part.tobytes())
-    key = f"{digest.hexdigest()}:{seed}:{folds}"
-    if key in _FITTED:
-        _FITTED.move_to_end(key)
-        return _FITTED[key]
-    model = _fit_logistic(x, y, rows, seed, folds)
-    _FITTED[key] = model
-    while len(_FITTED) > _FITTED_MAX:
-        _FITTED.popitem(last=False)
-    return model
+    return _FITTED.get(digest(x, y, rows, seed, folds), lambda: _fit_logistic(x, y, rows, seed, folds))
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from featstore.barcodes import gene_symbol
+from fusion.memo import Memo, digest
 
 
 @dataclass
@@ -68,3 +69,20 @@ def fit_token_pca(tokens: np.ndarray, mask: np.ndarray, train_idx: np.ndarray, d
         torch.manual_seed(seed)
         _, _, v = torch.pca_lowrank(x - mean, q=dim, center=False, niter=4)
     return TokenPCA(np.asarray(train_idx), mean.numpy(), v[:, :dim].numpy())
+
+
+_PROJECTED = Memo(16)  # (TokenPCA, projected tokens) by a digest of all the inputs
+
+
+def project_tokens(tokens: np.ndarray, mask: np.ndarray, train_idx: np.ndarray, dim: int, seed: int = 0,
+                   tokens_digest: str | None = None) -> tuple[TokenPCA, np.ndarray]:
+    """The PCA fitted on ``train_idx`` and every patient's tokens projected with it (masked tokens 0).
+
+    Shared by the heads of a bench (``fusion.memo``); ``tokens_digest`` (``digest(tokens, mask)``) saves
+    hashing the same tokens once per fold."""
+    key = digest(tokens_digest or digest(tokens, mask), train_idx, dim, seed)
+
+    def fit() -> tuple[TokenPCA, np.ndarray]:
+        pca = fit_token_pca(tokens, mask, train_idx, dim, seed)
+        return pca, pca.apply(tokens) * mask[..., None]
+    return _PROJECTED.get(key, fit)
