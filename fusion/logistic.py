@@ -51,9 +51,16 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fol
     loss = -weight * (yr * np.log(p) + (1 - yr) * np.log(1 - p))  # (penalties, rows)
     best = int(np.argmin(loss.mean(1)))
     gain = weight * np.log(2.0) - loss[best]  # against the balanced intercept-only model, p = 0.5
-    if gain.mean() <= 1.64 * gain.std(ddof=1) / np.sqrt(len(gain)):
+    if not significant_gain(gain):
         return None
     return _logistic(PENALTIES[best], seed).fit(x[rows], yr)
+
+
+def significant_gain(gain: np.ndarray) -> bool:
+    """Whether per-patient gains (paired loss differences) are above 0 by more than 1.64 standard errors of
+    their mean: one-sided 95%, the bar an input (``fit_logistic``) and a trained head (the trainer's warm-start
+    rule) must clear."""
+    return len(gain) > 1 and bool(gain.mean() > 1.64 * gain.std(ddof=1) / np.sqrt(len(gain)))
 
 
 def _logit(model, x: np.ndarray) -> np.ndarray:

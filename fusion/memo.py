@@ -29,6 +29,9 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
+_MEMOS: list[Memo] = []
+
+
 class Memo:
     """A bounded least-recently-used map from a digest to a fit's result."""
 
@@ -45,9 +48,6 @@ class Memo:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return value
-
-
-_MEMOS: list[Memo] = []
 
 
 def clear() -> None:

@@ -176,6 +176,8 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
             assert not check[null]["informative"], (head, check)
             assert check[null]["verdict"] == f"{null} adds nothing measurable"
             assert check[kept]["informative"], (head, check)
+            if spec.kind == "torch":  # the warm-start rule's verdict reaches metrics.json, one per fold model
+                assert len(runs[head].metrics["trained_kept"]["per_model"]) == 5, head
     assert f"{null} adds nothing measurable" in (tmp_path / "b" / "leaderboard.md").read_text()
 
 
@@ -199,6 +201,24 @@ def test_a_fusion_head_keeps_its_training_only_where_it_clearly_beats_its_warm_s
     for k, v in model.state_dict().items():
         if v.dim() and v.shape[0] == 2:
             assert torch.equal(v[0], trained[k][0]) and torch.equal(v[1], start[k][1]), k
+
+
+def test_kept_token_pca_is_served_only_for_the_same_inputs():
+    """The heads of a bench share a fold's PCA; a changed token, mask or training row gets its own fit."""
+    from fusion.preprocess import project_tokens
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((20, 4, 16)).astype(np.float32)
+    mask = np.ones((20, 4), bool)
+    rows = np.arange(15)
+    first = project_tokens(tokens, mask, rows, 4)
+    assert project_tokens(tokens, mask, rows, 4) is first  # shared, not refitted
+    changed = tokens.copy()
+    changed[0, 0, 0] += 5.0
+    pca, projected = project_tokens(changed, mask, rows, 4)
+    assert not np.array_equal(pca.mean, first[0].mean)
+    assert not np.array_equal(project_tokens(tokens, mask, rows[:-1], 4)[0].fitted_on, first[0].fitted_on)
+    np.testing.assert_array_equal(project_tokens(tokens, mask, rows, 4)[1], first[1])
 
 
 def test_attention_mil_finds_a_minority_of_patches_that_mean_pooling_misses(tmp_path):
