@@ -277,7 +277,8 @@ def extract(
                                                 "with bf16 units (AMX, AVX512-BF16) bf16 when a timing at start finds "
                                                 "it faster, else fp32. bf16 features differ slightly from fp32 ones "
                                                 "(cosine per patch in benchmarks/RESULTS.md); nothing is refused")] = "auto",
-    decoder: Annotated[str, typer.Option(help="auto (gpu on CUDA, else cpu) | cpu (SVS/tiled TIFF tiles decoded by "
+    decoder: Annotated[str, typer.Option(help="auto (cpu, also on a GPU: it measured faster end to end on an H200, see "
+                                              "benchmarks/RESULTS.md) | cpu (SVS/tiled TIFF tiles decoded by "
                                               "tifffile in the reader workers, checked against OpenSlide) | gpu (JPEG "
                                               "tiles decoded in batches on the device, checked against the CPU "
                                               "decoder per slide) | openslide (every pixel through OpenSlide)")] = "auto",

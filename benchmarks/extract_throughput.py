@@ -108,6 +108,36 @@ def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> flo
     return n / (time.perf_counter() - t0)
 
 
+def device_decode_throughput(specs, cfg: ExtractConfig, num_workers: int | None, dev: torch.device) -> tuple[float, str]:
+    """--decoder gpu's reading side alone: workers plan and send coordinates, the main process reads the tile
+    bytes, decodes them on the device and crops the patches there (no model). Also returns the slides'
+    ``pixels`` notes, which say whether the device decoder passed its check."""
+    from featstore.extract import PatchReader
+    from featstore.extract.device_decode import SlideDecoder
+    from featstore.extract.messages import Coords, Pixels
+    from featstore.extract.run import _default_workers
+
+    workers = _default_workers() if num_workers is None else num_workers
+    decoders, notes = {}, set()
+
+    def on_device(idx, plan) -> bool:  # as extract does: the check, then the device or the workers
+        decoder = SlideDecoder(specs[idx].path, plan, dev)
+        notes.add(decoder.note)  # with the check's figures, kept for the row
+        if decoder.usable:
+            decoders[idx] = decoder
+        return decoder.usable
+
+    n, t0 = 0, time.perf_counter()
+    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers, on_device=on_device):
+        if isinstance(item, Coords):
+            n += len(decoders[item.slide].patches(item.coords))
+        elif isinstance(item, Pixels):
+            n += len(item.patches)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0), "; ".join(sorted(notes))
+
+
 def bare_throughput(embed: PatchEmbedder, batch: int, size: int, seconds: float) -> float:
     x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     if embed.device.type == "cuda":
@@ -179,8 +209,12 @@ def main() -> None:
         report = extract(specs, Path(tmp) / "bench.zarr", cfg, device=args.device, batch_size=args.batch_size,
                          num_workers=args.num_workers)
         wall = time.perf_counter() - t0
-        # The CPU readers alone (under --decoder gpu the workers only plan, so their ceiling is the CPU path).
-        reading = reader_throughput(specs, replace(cfg, decoder="cpu") if cfg.decoder == "gpu" else cfg, args.num_workers)
+        # The reading side alone: the workers' decoding, or under --decoder gpu the main process's.
+        pixels = ""
+        if cfg.decoder == "gpu":
+            reading, pixels = device_decode_throughput(specs, cfg, args.num_workers, dev)
+        else:
+            reading = reader_throughput(specs, cfg, args.num_workers)
         # The same readers with every pixel through OpenSlide: what direct tile decoding buys, same run.
         reading_openslide = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers)
     pipeline = report.patches / wall
@@ -194,7 +228,7 @@ def main() -> None:
     what = {"pyramid": f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})",
             "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, JPEG)",
             "copies": f"{args.copies} copies of the small slide"}[args.input]
-    what += f", decoder {args.decoder}"
+    what += f", decoder {args.decoder}" + (f" ({pixels})" if pixels else "")
     if args.target_mpp != 0.5:
         what += f", read at {args.target_mpp} µm/px"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {workers} | "

@@ -32,7 +32,7 @@ class ExtractConfig:
     # Run choices, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
     # decoder: cpu (tiles decoded by tifffile in the reader workers; OpenSlide where a slide cannot be read
     # directly), gpu (JPEG tiles decoded in batches on the run's device, featstore.extract.device_decode),
-    # openslide (every pixel through OpenSlide), auto (gpu on CUDA, else cpu). Each slide's provenance says
+    # openslide (every pixel through OpenSlide), auto (cpu: measured faster than gpu on an H200). Each slide's provenance says
     # which decoder gave its pixels; the direct and device decoders are checked against a reference per slide.
     decoder: str = "auto"
     max_patches: int = 2_000_000  # per slide, counted on the grid before the tissue mask

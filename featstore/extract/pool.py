@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,7 @@ Message = Planned | Pixels | Coords | Failed | Split
 # the default chunk of 32): at most about a second of one worker's reading, so the last range ends the
 # run soon, and at least enough to repay the slide's opening by another worker.
 MIN_RANGE_CHUNKS, MAX_RANGE_CHUNKS = 4, 32
+UNDECIDED, ON_DEVICE, ON_WORKERS = 0, 1, 2  # a slide's device-decoder verdict, shared with the workers
 
 
 class _ReaderCache:
@@ -69,6 +71,8 @@ class _PatchStream(IterableDataset):
         self._idle = ctx.Value("i", 0)  # workers waiting for a range
         self._pending = ctx.Value("i", 0)  # ranges split off and not yet taken
         self.failed = ctx.Array("b", max((i for i, _ in specs), default=0) + 1, lock=False)
+        # Per slide, the main process's verdict on its device decoder: UNDECIDED until the plan reaches it.
+        self.device_verdict = ctx.Array("b", len(self.failed), lock=False)
         self.ranges = ctx.Queue() if share else None
         self._ppid: int | None = None  # in a worker: its parent (the main process, or a fork server)
         self._spec = dict(specs)
@@ -158,15 +162,22 @@ class _PatchStream(IterableDataset):
         yield from self._read(unit.slide, reader, unit.geometry, unit.coords, unit.start, owner=False)
 
     def _device_decodes(self, reader, geom: Geometry) -> bool:
-        """Whether this slide's patches are decoded on the device by the main process (--decoder gpu and
-        JPEG tiles at the level read): then the workers send coordinates, not pixels."""
+        """Whether this slide's patches may be decoded on the device by the main process (--decoder gpu and
+        JPEG tiles at the level read): its plan then asks the main process, which checks the device decoder."""
         level = reader.direct_level(geom.level) if self.cfg.decoder == "gpu" and hasattr(reader, "direct_level") else None
         return level is not None and level.page.compression == JPEG
+
+    def _await_verdict(self, idx: int) -> bool:
+        """Whether the main process decodes this slide on the device (then the workers send coordinates, not
+        pixels). The plan went out just before; the verdict comes when the main process has read it."""
+        while self.device_verdict[idx] == UNDECIDED and not self.failed[idx] and not self._orphaned():
+            time.sleep(0.001)
+        return self.device_verdict[idx] == ON_DEVICE
 
     def _read(self, idx: int, reader, geom: Geometry, coords: np.ndarray, offset: int, owner: bool) -> Iterator[Message]:
         """Rows ``offset`` to ``offset + len(coords)`` of slide ``idx``, in chunks (of coordinates alone when
         the main process decodes them on the device)."""
-        if self._device_decodes(reader, geom):
+        if self._device_decodes(reader, geom) and self._await_verdict(idx):
             for pos in range(0, len(coords), self.chunk):
                 yield Coords(idx, offset + pos, coords[pos:pos + self.chunk])
             return
@@ -202,8 +213,12 @@ class PatchReader:
     """
 
     def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
-                 chunk: int, workers: int, pin_memory: bool = False, share: bool = True):
-        self.workers, self.pin_memory = workers, pin_memory
+                 chunk: int, workers: int, pin_memory: bool = False, share: bool = True,
+                 on_device: Callable[[int, SlidePlan], bool] | None = None):
+        """``on_device(slide, plan)``: called in this process for each slide the device could decode (its plan's
+        ``device_decode``); True when this process will decode its patches (then Coords come), False to have
+        the workers read them (Pixels). Without it every slide is read by the workers."""
+        self.workers, self.pin_memory, self.on_device = workers, pin_memory, on_device
         self.stream = _PatchStream(specs, cfg, mpp_default, chunk, share=share and workers > 1)
 
     def __iter__(self) -> Iterator[Message]:
@@ -242,6 +257,9 @@ class PatchReader:
                     case Planned(plan=plan):
                         unresolved -= 1
                         plans[idx], rows_left[idx] = plan, len(plan.coords)
+                        if plan.info.get("device_decode"):
+                            plan.info["device_decode"] = bool(self.on_device and self.on_device(idx, plan))
+                            stream.device_verdict[idx] = ON_DEVICE if plan.info["device_decode"] else ON_WORKERS
                     case Pixels(patches=rows) | Coords(coords=rows):
                         rows_left[idx] -= len(rows)
                         if not rows_left[idx]:

@@ -74,7 +74,10 @@ def extract(
     name = check_name(name or config.encoder, "feature set name")
     dev = resolve_device(device)
     if config.decoder == "auto":  # a run choice (RUN_ONLY): the feature set's identity does not change
-        config = dataclasses.replace(config, decoder="gpu" if dev.type == "cuda" else "cpu")
+        # cpu on a GPU machine too: on an H200 with 16 cores the CPU decoder in the reader workers measured
+        # 4,111 patches/s end to end against 2,959 with nvJPEG, and nvJPEG cannot decode Aperio's RGB tiles
+        # (benchmarks/RESULTS.md, 2026-11-27).
+        config = dataclasses.replace(config, decoder="cpu")
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
@@ -191,10 +194,19 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
     # Largest files first: the last slides claimed are then small ones, so no worker is left reading a
     # big slide alone while the device waits (longest-processing-time-first scheduling).
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
-    reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda)
+    decoders: dict[int, SlideDecoder] = {}  # slides whose pixels the main process decodes on the device
+
+    def on_device(idx: int, plan) -> bool:
+        decoder = SlideDecoder(specs[idx].path, plan, dev)
+        plan.info["pixels"] = decoder.note
+        if decoder.usable:
+            decoders[idx] = decoder
+        return decoder.usable
+
+    reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda,
+                          on_device=on_device)
     writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, ctx.runtime, log, ctx.report,
                      ctx.strict)
-    decoders: dict[int, SlideDecoder] = {}  # slides whose pixels the main process decodes on the device
     buffered: list[tuple[int, int, torch.Tensor]] = []
     n_buffered = 0
     in_flight: tuple | None = None
@@ -229,9 +241,7 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
             idx = item.slide
             match item:
                 case Planned(plan=plan):
-                    if plan.info.pop("device_decode", False):
-                        decoders[idx] = SlideDecoder(specs[idx].path, plan, dev)
-                        plan.info["pixels"] = decoders[idx].note
+                    plan.info.pop("device_decode", None)
                     writer.put(("begin", idx, plan))
                     log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(plan.coords)))
                 case Failed(reason=reason):
