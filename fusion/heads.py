@@ -133,6 +133,8 @@ class _FusionHead(nn.Module):
                    train: list[np.ndarray], seed: int) -> None:
         """Set the two linear logits of each model to logistic regressions fitted on its inner-training rows
         (zero where a modality predicts nothing there)."""
+        # Per model, whether neither linear model was fitted: the warm start then predicts a constant.
+        self.warm_constant = [True] * len(train)
         with torch.no_grad():
             for i, tr in enumerate(train):
                 for layer, x in ((self.genes.logit, genes[i]), (self.image_linear, bag_means[i])):
@@ -140,6 +142,7 @@ class _FusionHead(nn.Module):
                     layer.weight[i] = 0.0
                     layer.bias[i] = 0.0
                     if model is not None:
+                        self.warm_constant[i] = False
                         layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
                         # Each keeps its whole intercept: both are fitted with balanced class weights, so each
                         # logit is a log-likelihood ratio against an even prior, and their sum is the late fusion.

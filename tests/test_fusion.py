@@ -201,6 +201,23 @@ def test_a_fusion_head_keeps_its_training_only_where_it_clearly_beats_its_warm_s
     for k, v in model.state_dict().items():
         if v.dim() and v.shape[0] == 2:
             assert torch.equal(v[0], trained[k][0]) and torch.equal(v[1], start[k][1]), k
+    # A warm start that is a constant (neither linear model fitted) ranks nothing: training is kept.
+    model.load_state_dict(trained)
+    model.warm_constant = [False, True]
+    assert _back_to_warm_start_unless_significant(model, start, start_losses, trained_losses, valid) == [True, True]
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+
+def test_warm_start_says_which_models_start_from_a_constant():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    noise, means = rng.standard_normal((120, 5)), rng.standard_normal((120, 4))
+    signal = noise.copy()
+    signal[:, 0] += 2.0 * y
+    model = HEADS["late"].build(2, 5, 4)
+    model.warm_start([noise, signal], [means, means], y, [np.arange(120)] * 2, seed=0)
+    assert model.warm_constant == [True, False]
+    assert torch.count_nonzero(model.genes.logit.weight[0]) == 0 and torch.count_nonzero(model.genes.logit.weight[1]) > 0
 
 
 def test_kept_token_pca_is_served_only_for_the_same_inputs():
