@@ -134,6 +134,18 @@ def test_a_slide_whose_device_decoding_disagrees_is_read_on_the_cpu_and_says_so(
     np.testing.assert_allclose(got.features.astype(np.float32), want.features.astype(np.float32), rtol=1e-3, atol=1e-4)
 
 
+def test_a_device_decoder_that_fails_leaves_the_slide_to_the_reader_workers(tmp_path, monkeypatch):
+    def broken(self):
+        raise RuntimeError("nvJPEG status 6")
+
+    monkeypatch.setattr(DeviceTileDecoder, "disagreement", broken)
+    report = extract(find_slides([CMU]), tmp_path / "s.zarr", ExtractConfig(**{**CFG.__dict__, "decoder": "gpu"}),
+                     num_workers=0)
+    assert report.done == [SLIDE], report.failed
+    pixels = _features(tmp_path / "s.zarr", "resnet50-trunc").attrs["provenance"]["pixels"]
+    assert "in the reader workers: the device decoder failed (RuntimeError: nvJPEG status 6)" in pixels, pixels
+
+
 @pytest.mark.parametrize("verdict", [True, False, None])
 def test_reader_workers_send_coordinates_only_for_slides_the_main_process_takes(verdict):
     from featstore.extract import PatchReader

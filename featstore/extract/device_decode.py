@@ -217,12 +217,15 @@ class SlideDecoder:
         dims = tuple(tuple(d) for d in plan.info["level_dimensions"])
         self.geom, self.downsample = geom, float(plan.info["level_downsamples"][geom.level])
         self.rows_left = len(plan.coords)
-        self._tiles = TiffTiles(Path(path), dims)
-        self._device = DeviceTileDecoder(self._tiles.levels[geom.level], device)
-        try:
+        self._tiles = self._device = None
+        try:  # a slide the device decoder cannot take is still read by the reader workers, on the CPU
+            self._tiles = TiffTiles(Path(path), dims)
+            self._device = DeviceTileDecoder(self._tiles.levels[geom.level], device)
             problem, figures = self._device.disagreement()
         except TileReadError as exc:
             problem, figures = str(exc), ""
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            problem, figures = f"the device decoder failed ({type(exc).__name__}: {exc})", ""
         which = "nvJPEG" if device.type == "cuda" else "libjpeg-turbo (torchvision)"
         self.usable = problem is None
         if self.usable:
@@ -237,4 +240,5 @@ class SlideDecoder:
 
     def close(self) -> None:
         self._device = None
-        self._tiles.close()
+        if self._tiles is not None:
+            self._tiles.close()
