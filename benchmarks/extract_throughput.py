@@ -113,23 +113,17 @@ def device_decode_throughput(specs, cfg: ExtractConfig, num_workers: int | None,
     bytes, decodes them on the device and crops the patches there (no model). Also returns the slides'
     ``pixels`` notes, which say whether the device decoder passed its check."""
     from featstore.extract import PatchReader
-    from featstore.extract.device_decode import SlideDecoder
-    from featstore.extract.messages import Coords, Pixels
+    from featstore.extract.device_decode import DeviceSlides
+    from featstore.extract.messages import Coords, Pixels, Planned
     from featstore.extract.run import _default_workers
 
     workers = _default_workers() if num_workers is None else num_workers
-    decoders, notes = {}, set()
-
-    def on_device(idx, plan) -> bool:  # as extract does: the check, then the device or the workers
-        decoder = SlideDecoder(specs[idx].path, plan, dev)
-        notes.add(decoder.note)  # with the check's figures, kept for the row
-        if decoder.usable:
-            decoders[idx] = decoder
-        return decoder.usable
-
+    decoders, notes = DeviceSlides({i: s.path for i, s in enumerate(specs)}, dev), set()
     n, t0 = 0, time.perf_counter()
-    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers, on_device=on_device):
-        if isinstance(item, Coords):
+    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers, on_device=decoders):
+        if isinstance(item, Planned):
+            notes.add(item.plan.info["pixels"])  # with the device check's figures, kept for the row
+        elif isinstance(item, Coords):
             n += len(decoders[item.slide].patches(item.coords))
         elif isinstance(item, Pixels):
             n += len(item.patches)

@@ -242,3 +242,20 @@ class SlideDecoder:
         self._device = None
         if self._tiles is not None:
             self._tiles.close()
+
+
+class DeviceSlides(dict):
+    """The slides whose pixels the main process decodes on the device, by slide index. Called as the reader
+    pool's ``on_device``: checks a slide's device decoder, records the verdict in its plan's ``pixels``, and
+    keeps the decoder when it passed."""
+
+    def __init__(self, paths: dict[int, str], device: torch.device):
+        super().__init__()
+        self.paths, self.device = paths, device
+
+    def __call__(self, idx: int, plan) -> bool:
+        decoder = SlideDecoder(self.paths[idx], plan, self.device)
+        plan.info["pixels"] = decoder.note
+        if decoder.usable:
+            self[idx] = decoder
+        return decoder.usable

@@ -258,7 +258,7 @@ class PatchReader:
                         unresolved -= 1
                         plans[idx], rows_left[idx] = plan, len(plan.coords)
                         if plan.info.get("device_decode"):
-                            plan.info["device_decode"] = bool(self.on_device and self.on_device(idx, plan))
+                            plan.info["device_decode"] = self.on_device is not None and bool(self.on_device(idx, plan))
                             stream.device_verdict[idx] = ON_DEVICE if plan.info["device_decode"] else ON_WORKERS
                     case Pixels(patches=rows) | Coords(coords=rows):
                         rows_left[idx] -= len(rows)

@@ -13,7 +13,7 @@ from featstore.encoders import Encoder, build_encoder
 from featstore.errors import DeviceError
 from featstore.extract.allocator import freed_memory_kept
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
-from featstore.extract.device_decode import SlideDecoder
+from featstore.extract.device_decode import DeviceSlides
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
 from featstore.extract.events import _EventLog, _StopRun
 from featstore.extract.messages import Coords, Failed, Pixels, Planned, Split
@@ -194,17 +194,9 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
     # Largest files first: the last slides claimed are then small ones, so no worker is left reading a
     # big slide alone while the device waits (longest-processing-time-first scheduling).
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
-    decoders: dict[int, SlideDecoder] = {}  # slides whose pixels the main process decodes on the device
-
-    def on_device(idx: int, plan) -> bool:
-        decoder = SlideDecoder(specs[idx].path, plan, dev)
-        plan.info["pixels"] = decoder.note
-        if decoder.usable:
-            decoders[idx] = decoder
-        return decoder.usable
-
+    decoders = DeviceSlides({i: s.path for i, s in enumerate(specs)}, dev)
     reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda,
-                          on_device=on_device)
+                          on_device=decoders)
     writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, ctx.runtime, log, ctx.report,
                      ctx.strict)
     buffered: list[tuple[int, int, torch.Tensor]] = []
