@@ -93,25 +93,11 @@ def make_tcga_like(path: Path, side: int = 40_000, tile: int = 256) -> None:
                       subfiletype=0 if i == 0 else 1)
 
 
-def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None) -> float:
-    """The reading side alone (workers planning, reading and shipping patches; no model): the ceiling
-    the pipeline can reach when reading, not inference, is the slower half."""
-    from featstore.extract import PatchReader
-    from featstore.extract.messages import Pixels
-    from featstore.extract.run import _default_workers
-
-    workers = _default_workers() if num_workers is None else num_workers
-    n, t0 = 0, time.perf_counter()
-    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers):
-        if isinstance(item, Pixels):
-            n += len(item.patches)
-    return n / (time.perf_counter() - t0)
-
-
-def device_decode_throughput(specs, cfg: ExtractConfig, num_workers: int | None, dev: torch.device) -> tuple[float, str]:
-    """--decoder gpu's reading side alone: workers plan and send coordinates, the main process reads the tile
-    bytes, decodes them on the device and crops the patches there (no model). Also returns the slides'
-    ``pixels`` notes, which say whether the device decoder passed its check."""
+def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None, dev: torch.device) -> tuple[float, str]:
+    """The reading side alone (no model): the workers planning, reading and shipping patches, and under
+    --decoder gpu the main process reading the tile bytes, decoding them on ``dev`` and cropping there. The
+    ceiling the pipeline can reach when reading, not inference, is the slower half. Also returns the slides'
+    ``pixels`` notes (under --decoder gpu they say whether the device decoder passed its check, with figures)."""
     from featstore.extract import PatchReader
     from featstore.extract.device_decode import DeviceSlides
     from featstore.extract.messages import Coords, Pixels, Planned
@@ -122,7 +108,7 @@ def device_decode_throughput(specs, cfg: ExtractConfig, num_workers: int | None,
     n, t0 = 0, time.perf_counter()
     for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers, on_device=decoders):
         if isinstance(item, Planned):
-            notes.add(item.plan.info["pixels"])  # with the device check's figures, kept for the row
+            notes.add(item.plan.info["pixels"])
         elif isinstance(item, Coords):
             n += len(decoders[item.slide].patches(item.coords))
         elif isinstance(item, Pixels):
@@ -204,13 +190,9 @@ def main() -> None:
                          num_workers=args.num_workers)
         wall = time.perf_counter() - t0
         # The reading side alone: the workers' decoding, or under --decoder gpu the main process's.
-        pixels = ""
-        if cfg.decoder == "gpu":
-            reading, pixels = device_decode_throughput(specs, cfg, args.num_workers, dev)
-        else:
-            reading = reader_throughput(specs, cfg, args.num_workers)
+        reading, pixels = reader_throughput(specs, cfg, args.num_workers, dev)
         # The same readers with every pixel through OpenSlide: what direct tile decoding buys, same run.
-        reading_openslide = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers)
+        reading_openslide, _ = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers, dev)
     pipeline = report.patches / wall
     embed = PatchEmbedder(build_encoder(args.encoder, "random"), dev, precision)
     bare = bare_throughput(embed, args.batch_size, cfg.patch_size, seconds=max(5.0, min(wall, 20.0)))
@@ -222,7 +204,7 @@ def main() -> None:
     what = {"pyramid": f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})",
             "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, JPEG)",
             "copies": f"{args.copies} copies of the small slide"}[args.input]
-    what += f", decoder {args.decoder}" + (f" ({pixels})" if pixels else "")
+    what += f", decoder {args.decoder}" + (f" ({pixels})" if cfg.decoder == "gpu" else "")
     if args.target_mpp != 0.5:
         what += f", read at {args.target_mpp} µm/px"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {workers} | "

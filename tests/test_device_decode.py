@@ -164,8 +164,9 @@ def test_reader_workers_send_coordinates_only_for_slides_the_main_process_takes(
         match item:
             case Coords(coords=rows) | Pixels(patches=rows):
                 got[type(item)] += len(rows)
-            case _:
-                got[type(item)] += 1
+            case Planned(plan=plan):
+                got[Planned] += 1
+                assert "device_decode" not in plan.info  # the workers' question, answered, is not provenance
     assert got[Planned] == 1 and asked == ([] if verdict is None else [0])
     # Every row comes once: as coordinates for the device, else as pixels read by the workers.
     rows = got[Coords] + got[Pixels]

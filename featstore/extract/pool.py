@@ -257,9 +257,9 @@ class PatchReader:
                     case Planned(plan=plan):
                         unresolved -= 1
                         plans[idx], rows_left[idx] = plan, len(plan.coords)
-                        if plan.info.get("device_decode"):
-                            plan.info["device_decode"] = self.on_device is not None and bool(self.on_device(idx, plan))
-                            stream.device_verdict[idx] = ON_DEVICE if plan.info["device_decode"] else ON_WORKERS
+                        if plan.info.pop("device_decode", False):  # the workers' question, answered here
+                            on = self.on_device is not None and bool(self.on_device(idx, plan))
+                            stream.device_verdict[idx] = ON_DEVICE if on else ON_WORKERS
                     case Pixels(patches=rows) | Coords(coords=rows):
                         rows_left[idx] -= len(rows)
                         if not rows_left[idx]:

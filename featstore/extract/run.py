@@ -233,7 +233,6 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
             idx = item.slide
             match item:
                 case Planned(plan=plan):
-                    plan.info.pop("device_decode", None)
                     writer.put(("begin", idx, plan))
                     log("slide_started", slide_id=specs[idx].slide_id, patches=int(len(plan.coords)))
                 case Failed(reason=reason):
