@@ -35,6 +35,9 @@ def option(default, help: str):  # noqa: A002 - the word Typer uses
     return field(default=default, metadata={"help": help})
 
 
+MIN_BOOTSTRAP = 40
+
+
 @dataclass
 class CVOptions:
     """Everything a training run is given besides the store and the head: the one definition of the options
@@ -59,6 +62,13 @@ class CVOptions:
     save_models: bool = option(False, "Keep each fold's model under <out>/<head>/models/ (torch heads), for "
                                       "fusion predict to average")
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < MIN_BOOTSTRAP:
+            raise ValueError(f"bootstrap must be at least {MIN_BOOTSTRAP} resamples (then each 2.5% tail of a 95% CI "
+                             f"holds one), got {self.bootstrap}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
 
 
 @dataclass

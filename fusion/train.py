@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from fusion.calibration import choose_threshold, fit_calibrator
+from fusion.calibration import CALIBRATIONS, choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
 from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
 from fusion.logistic import significant_gain
@@ -48,6 +48,20 @@ class TrainConfig:
                                       "validation rows")
     threads: int | None = _option(None, "CPU threads for torch/XGBoost")
     seed: int = 0  # set from the run's --seed
+
+    def __post_init__(self) -> None:
+        # Refused here, by option name, rather than deep in training with a shape error or an empty split.
+        for name in ("epochs", "patience", "batch_size", "top_genes", "token_dim", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not 0 < self.inner_val < 1:
+            raise ValueError(f"inner_val is the share of each training part held out, strictly between 0 and 1; "
+                             f"got {self.inner_val}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"calibrate must be one of {', '.join(CALIBRATIONS)}, got {self.calibrate!r}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -395,3 +396,25 @@ def test_a_new_head_is_one_class_registered_as_the_docs_show(sim_split):
                     spec.build(1, 4, 4, 64)  # a hyper-parameter by position
     finally:
         HEADS.pop("gene_linear_test")
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(epochs=0), "epochs must be at least 1, got 0"),
+    (dict(batch_size=-4), "batch_size must be at least 1"),
+    (dict(inner_val=0.0), "inner_val"),
+    (dict(inner_val=1.0), "strictly between 0 and 1"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(calibrate="beta"), "calibrate must be one of none, platt, isotonic, got 'beta'"),
+])
+def test_training_options_are_refused_by_name(kwargs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(bootstrap=0), "bootstrap must be at least 40 resamples"),
+    (dict(repeats=0), "repeats must be at least 1, got 0"),
+])
+def test_cv_options_are_refused_by_name(kwargs, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        CVOptions(**kwargs)
