@@ -182,30 +182,41 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
     assert f"{null} adds nothing measurable" in (tmp_path / "b" / "leaderboard.md").read_text()
 
 
-def test_a_fusion_head_keeps_its_training_only_where_it_clearly_beats_its_warm_start():
-    """Two models trained together: the first lowers every validation patient's loss, the second only moves
-    losses about at random (what an attention branch fitted to noise does). Only the first keeps its weights;
-    the second is put back exactly to its warm start, the fitted linear models."""
-    model = HEADS["late"].build(2, 5, 4)
+def test_a_fusion_head_keeps_its_training_only_where_it_clearly_ranks_better_than_its_warm_start():
+    """Three models trained together, scored on 200 validation patients: the first ranks them better than its
+    warm start, the second only sharpens the warm start's logits (same ranking, lower raw loss: what training
+    did to the shrunk gene model on null image bags), the third moves them about at random (an attention
+    branch fitted to noise). Only the first keeps its weights; the others are put back exactly to their warm
+    start, the fitted linear models."""
+    model = HEADS["late"].build(3, 5, 4)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
-    start_losses = torch.full((2, 100), 0.6)
-    noise = torch.from_numpy(rng.normal(0, 0.3, 100)).float()
-    trained_losses = torch.stack([0.6 - 0.05 + 0.05 * noise, 0.6 - 0.01 + noise])
-    valid = torch.ones(2, 100)
-    kept = _back_to_warm_start_unless_significant(model, start, start_losses, trained_losses, valid)
-    assert kept == [True, False]
+    y = np.repeat([0.0, 1.0], 100)
+    signal = 2.0 * y + rng.standard_normal(200)
+    weak = 0.2 * (signal - 1.0 + 1.5 * rng.standard_normal(200))  # under-confident, and a worse ranking
+    start_logits = torch.from_numpy(np.stack([weak, weak, weak])).float()
+    trained_logits = torch.from_numpy(np.stack([signal - 1.0, 3 * weak, weak + 0.3 * rng.standard_normal(200)])).float()
+    yt, weight = torch.from_numpy(y).float().expand(3, -1), torch.ones(3, 200)
+    raw = torch.nn.functional.binary_cross_entropy_with_logits
+    assert (raw(start_logits[1], yt[1]) - raw(trained_logits[1], yt[1])) > 0.05  # the raw loss says "better"
+    kept = _back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight)
+    assert kept == [True, False, False]
     for k, v in model.state_dict().items():
-        if v.dim() and v.shape[0] == 2:
-            assert torch.equal(v[0], trained[k][0]) and torch.equal(v[1], start[k][1]), k
+        if v.dim() and v.shape[0] == 3:
+            assert torch.equal(v[0], trained[k][0]) and torch.equal(v[1:], start[k][1:]), k
+    # Padding (weight 0) is left out: the same verdicts with 20 padded rows of nonsense appended.
+    pad = lambda t, fill: torch.cat([t, torch.full((3, 20), fill)], dim=1)  # noqa: E731
+    model.load_state_dict(trained)
+    assert _back_to_warm_start_unless_significant(model, start, pad(start_logits, 50.0), pad(trained_logits, -50.0),
+                                                  pad(yt, 1.0), pad(weight, 0.0)) == [True, False, False]
     # A warm start that is a constant (neither linear model fitted) ranks nothing: training is kept.
     model.load_state_dict(trained)
-    model.warm_constant = [False, True]
-    assert _back_to_warm_start_unless_significant(model, start, start_losses, trained_losses, valid) == [True, True]
+    model.warm_constant = [False, True, True]
+    assert _back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight) == [True] * 3
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
 
