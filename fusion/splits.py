@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from featstore.barcodes import site_of
 
@@ -72,4 +72,49 @@ def read_splits(path: str | Path, patient_ids: list[str]) -> np.ndarray:
     if missing:
         raise ValueError(f"{path}: {len(missing)} cohort patients have no fold (e.g. repeat {missing[0][0]}, "
                          f"patient {missing[0][1]})")
+    return out
+
+
+def _inner_split_fits(counts: np.ndarray, inner_val: float) -> bool:
+    """Whether a training part with these class counts can give a stratified inner-validation split."""
+    n = int(counts.sum())
+    n_val = int(np.ceil(inner_val * n))
+    return counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts)
+
+
+def check_inner_split(y: np.ndarray, assign: np.ndarray, inner_val: float) -> None:
+    """Refuse, with the counts and the smallest K that works, a cohort too small for its folds' inner split."""
+    classes = np.unique(y)
+    for r in range(assign.shape[0]):
+        for f in np.unique(assign[r]):
+            counts = np.array([(y[assign[r] != f] == c).sum() for c in classes])
+            if _inner_split_fits(counts, inner_val):
+                continue
+            total = np.array([(y == c).sum() for c in classes])
+            k_ok = next((k for k in range(int(assign.max()) + 2, 21)
+                         if _inner_split_fits(np.floor(total * (k - 1) / k).astype(int), inner_val)), None)
+            hint = (f"the smallest K that works is {k_ok} (--folds {k_ok})" if k_ok else
+                    "no K up to 20 works: label more patients")
+            raise ValueError(
+                f"cohort too small for {int(assign.max()) + 1} folds with an inner validation split of "
+                f"{inner_val:.0%}: fold {int(f)}'s training part has {int(counts.sum())} patients "
+                f"({dict(zip(classes.tolist(), counts.tolist()))} per class): its validation part would hold "
+                f"{int(np.ceil(inner_val * counts.sum()))} patient(s), and a stratified split needs one of each class "
+                f"on both sides; {hint}")
+
+
+def model_rows(assign: np.ndarray, y: np.ndarray, inner_val: float,
+               seed: int) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(repeat, fold, inner-training rows, inner-validation rows, test rows) of every fold model: each fold's
+    training part split, stratified by label, into the rows a model trains on and those it stops and
+    calibrates on."""
+    check_inner_split(y, assign, inner_val)
+    out = []
+    for r in range(assign.shape[0]):
+        for f in np.unique(assign[r]):
+            test = np.flatnonzero(assign[r] == f)
+            train_all = np.flatnonzero(assign[r] != f)
+            tr, val = train_test_split(train_all, test_size=inner_val, stratify=y[train_all],
+                                       random_state=seed + 1000 * r + int(f))
+            out.append((r, int(f), np.sort(tr), np.sort(val), test))
     return out

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from fusion.calibration import CALIBRATIONS, choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
@@ -22,6 +21,7 @@ from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
 from fusion.logistic import significant_gain
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
+from fusion.splits import model_rows
 from fusion.views import View
 
 
@@ -97,51 +97,10 @@ class CVResult:
     model: object = None  # the trained torch module (M models) or the list of sklearn predictors
 
 
-def _inner_split_fits(counts: np.ndarray, inner_val: float) -> bool:
-    """Whether a training part with these class counts can give a stratified inner-validation split."""
-    n = int(counts.sum())
-    n_val = int(np.ceil(inner_val * n))
-    return counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts)
-
-
-def check_inner_split(y: np.ndarray, assign: np.ndarray, inner_val: float) -> None:
-    """Refuse, with the counts and the smallest K that works, a cohort too small for its folds' inner split."""
-    classes = np.unique(y)
-    for r in range(assign.shape[0]):
-        for f in np.unique(assign[r]):
-            counts = np.array([(y[assign[r] != f] == c).sum() for c in classes])
-            if _inner_split_fits(counts, inner_val):
-                continue
-            total = np.array([(y == c).sum() for c in classes])
-            k_ok = next((k for k in range(int(assign.max()) + 2, 21)
-                         if _inner_split_fits(np.floor(total * (k - 1) / k).astype(int), inner_val)), None)
-            hint = (f"the smallest K that works is {k_ok} (--folds {k_ok})" if k_ok else
-                    "no K up to 20 works: label more patients")
-            raise ValueError(
-                f"cohort too small for {int(assign.max()) + 1} folds with an inner validation split of "
-                f"{inner_val:.0%}: fold {int(f)}'s training part has {int(counts.sum())} patients "
-                f"({dict(zip(classes.tolist(), counts.tolist()))} per class): its validation part would hold "
-                f"{int(np.ceil(inner_val * counts.sum()))} patient(s), and a stratified split needs one of each class "
-                f"on both sides; {hint}")
-
-
-def _model_rows(assign: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-    check_inner_split(y, assign, cfg.inner_val)
-    out = []
-    for r in range(assign.shape[0]):
-        for f in np.unique(assign[r]):
-            test = np.flatnonzero(assign[r] == f)
-            train_all = np.flatnonzero(assign[r] != f)
-            tr, val = train_test_split(train_all, test_size=cfg.inner_val, stratify=y[train_all],
-                                       random_state=cfg.seed + 1000 * r + int(f))
-            out.append((r, int(f), np.sort(tr), np.sort(val), test))
-    return out
-
-
 def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarray, cfg: TrainConfig,
             exclude_genes: np.ndarray | None = None, rows: list | None = None) -> FoldData:
     """``rows``: (repeat, fold, train, val, test) per model, when not derived from ``assign`` (a final fit)."""
-    rows = rows or _model_rows(assign, cohort.y, cfg)
+    rows = rows or model_rows(assign, cohort.y, cfg.inner_val, cfg.seed)
     p = len(cohort.patient_ids)
     use_g, use_i = GENES in spec.modalities, IMAGE in spec.modalities
     genes_m, tokens_m, fitted = [], [], []
