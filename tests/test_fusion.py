@@ -232,6 +232,29 @@ def test_warm_start_says_which_models_start_from_a_constant():
     assert torch.count_nonzero(model.genes.logit.weight[0]) == 0 and torch.count_nonzero(model.genes.logit.weight[1]) > 0
 
 
+def test_a_constant_warm_start_is_no_fallback_for_early_stopping():
+    """Genes and image bags of pure noise: neither linear model is fitted, so each model starts from a constant.
+    A constant ranks nothing, so early stopping keeps the best trained epoch even where it scores worse than the
+    constant: the models must not end up predicting one value for every patient."""
+    from fusion.train import FoldData, train_torch
+
+    rng = np.random.default_rng(0)
+    p, m = 120, 8
+    y = np.repeat([0, 1], p // 2)
+    rows = [rng.permutation(p) for _ in range(m)]
+    data = FoldData(torch.from_numpy(rng.standard_normal((m, p, 30)).astype(np.float32)),
+                    torch.from_numpy(rng.standard_normal((m, p, 4, 8)).astype(np.float32)),
+                    torch.ones(p, 4, dtype=torch.bool), torch.ones(p, 4), torch.ones(p, dtype=torch.bool),
+                    torch.ones(p, dtype=torch.bool), [np.sort(r[:80]) for r in rows], [np.sort(r[80:100]) for r in rows],
+                    [np.sort(r[100:]) for r in rows])
+    model, epochs = train_torch(HEADS["late"], data, y, TrainConfig(epochs=4, patience=4))
+    assert model.warm_constant == [True] * m and model.trained_kept == [True] * m
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.genes, data.tokens, data.mask.expand(m, -1, -1), data.weights.expand(m, -1, -1))
+    assert (logits.max(1).values - logits.min(1).values > 1e-4).all(), "a fold model predicts a constant"
+
+
 def test_kept_token_pca_is_served_only_for_the_same_inputs():
     """The heads of a bench share a fold's PCA; a changed token, mask or training row gets its own fit."""
     from fusion.preprocess import project_tokens
