@@ -152,7 +152,9 @@ def test_sigint_during_extract_says_what_was_committed_and_that_a_rerun_resumes(
 
     slides = tmp_path / "slides"
     slides.mkdir()
-    for i in range(6):
+    # Enough slides that the interrupt lands mid-run even when this process is slow to read the first line
+    # (with 6, a loaded 2-core machine once let the run finish before the signal was sent).
+    for i in range(24):
         shutil.copy(CMU, slides / f"CMU-{i}.svs")
     store = tmp_path / "s.zarr"
     cmd = [sys.executable, "-c", "import cli; cli.main_featstore()", "extract", "--slides", str(slides), "--out",
