@@ -197,13 +197,14 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     # then kept an attention branch fitted to noise over its warm start (the fitted gene model).
     val_weight = torch.where(yt[val_idx] > 0, pos_weight, torch.ones_like(pos_weight)) * val_valid
 
-    def val_loss() -> torch.Tensor:
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(
-            _predict(model, data, val_idx), yt[val_idx], reduction="none") * val_weight
+    def val_loss(logits: torch.Tensor | None = None) -> torch.Tensor:  # (M,) of the model now, or of ``logits``
+        logits = _predict(model, data, val_idx) if logits is None else logits
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[val_idx], reduction="none") * val_weight
         return losses.sum(1) / val_weight.sum(1)
 
     # The starting point is scored too: a warm-started model keeps it unless training does better.
-    best = val_loss()
+    start_logits = _predict(model, data, val_idx)
+    best = val_loss(start_logits)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     warm = hasattr(model, "warm_start")
     if warm:
@@ -213,7 +214,6 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         # it within the patience, and the fold predicted a constant (200 patients, image only, minority:
         # late 0.647 -> 0.737 ROC-AUC, cross_attn 0.570 -> 0.660).
         best[torch.tensor(model.warm_constant)] = float("inf")
-    start_logits = _predict(model, data, val_idx) if warm else None
     start_state = {k: v.clone() for k, v in best_state.items()} if warm else None
     stale = torch.zeros(m, dtype=torch.long)
     epochs_run = np.zeros(m, int)
