@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.logistic import _logistic, _logit, fit_logistic
+from fusion.logistic import _logit, fit_logistic, fit_stack
 from fusion.registry import GENES, IMAGE, register_head
 
 # ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
@@ -60,23 +60,10 @@ def _xgboost(*, seed: int, threads: int):
                "regression (on the bag mean), their inner-CV out-of-fold logits combined by a logistic "
                "meta-learner; everything fitted on the fold's training part.")
 def _stack(*, seed: int, threads: int, inner_folds: int = 5):
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold
-
     def fit(inputs, y, tr, val):
-        rows = np.concatenate([tr, val])
-        # Each base model's penalty is chosen once, on the fold's training part (fit_logistic's own inner CV);
-        # the out-of-fold logits the meta-learner learns from are refits of that model on the inner folds.
-        # Choosing it again inside every inner fold (nested) cost 5x the time for the same penalties.
-        bases = {m: fit_logistic(inputs[m], y, rows, seed) for m in (GENES, IMAGE)}
-        oof = np.zeros((len(rows), 2))
-        for a, b in StratifiedKFold(inner_folds, shuffle=True, random_state=seed).split(rows, y[rows]):
-            for j, m in enumerate((GENES, IMAGE)):
-                base = None if bases[m] is None else clone(bases[m]).fit(inputs[m][rows[a]], y[rows[a]])
-                oof[b, j] = _logit(base, inputs[m][rows[b]])
-        meta = _logistic(("l2", 1.0), seed).fit(oof, y[rows])
+        stack = fit_stack([inputs[GENES], inputs[IMAGE]], y, np.concatenate([tr, val]), seed, inner_folds)
 
         def predict(inp):
-            return meta.predict_proba(np.stack([_logit(bases[m], inp[m]) for m in (GENES, IMAGE)], axis=1))[:, 1]
-        return predict, 3 + sum(1 + b.coef_.size for b in bases.values() if b is not None)
+            return 1 / (1 + np.exp(-stack.decision_function([inp[GENES], inp[IMAGE]])))
+        return predict, 3 + sum(1 + b.coef_.size for b in stack.bases if b is not None)
     return fit

@@ -20,7 +20,7 @@ from fusion.layers import (
     GatedAttentionPool,
     log_prior,
 )
-from fusion.logistic import fit_logistic
+from fusion.logistic import fit_logistic, fit_stack
 from fusion.registry import GENES, HEADS, IMAGE, HeadSpec, get_head, list_heads, register_head
 
 __all__ = ["GENES", "HEADS", "IMAGE", "HeadSpec", "fit_logistic", "get_head", "list_heads", "register_head",
@@ -110,8 +110,9 @@ class _FusionHead(nn.Module):
 
     The gene logit is linear in the genes and the image logit linear in the bag mean plus an attention
     branch that starts at 0; ``warm_start`` fits both linear logits as logistic regressions on each
-    model's inner-training rows, and the gate of the fusion term starts at 0. So every head starts as the
-    late fusion of two fitted unimodal models, and early stopping (which scores the warm start too) keeps
+    model's inner-training rows, weighted by a logistic meta-learner on their out-of-fold logits (the
+    ``stack`` baseline, fitted on those rows), and the gate of the fusion term starts at 0. So every head
+    starts as the stacked late fusion of two fitted unimodal models, and early stopping (which scores the warm start too) keeps
     that unless training improves the inner-validation loss. In training, modality dropout removes one
     modality from a share of the patients (its logit and the fusion term), so each path learns to predict
     alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; one that
@@ -131,24 +132,28 @@ class _FusionHead(nn.Module):
 
     def warm_start(self, genes: list[np.ndarray], bag_means: list[np.ndarray], y: np.ndarray,
                    train: list[np.ndarray], seed: int) -> None:
-        """Set the two linear logits of each model to logistic regressions fitted on its inner-training rows
-        (zero where a modality predicts nothing there)."""
+        """Set the two linear logits of each model to the stacked logistic regressions fitted on its
+        inner-training rows (``fit_stack``; zero where a modality predicts nothing there)."""
         # Per model, whether neither linear model was fitted: the warm start then predicts a constant.
         self.warm_constant = [True] * len(train)
         with torch.no_grad():
             for i, tr in enumerate(train):
-                for layer, x in ((self.genes.logit, genes[i]), (self.image_linear, bag_means[i])):
-                    model = fit_logistic(x, y, tr, seed)
+                stack = fit_stack([genes[i], bag_means[i]], y, tr, seed)
+                for j, (layer, model) in enumerate(zip((self.genes.logit, self.image_linear), stack.bases)):
                     layer.weight[i] = 0.0
                     layer.bias[i] = 0.0
                     if model is not None:
                         self.warm_constant[i] = False
-                        layer.weight[i, :, 0] = torch.from_numpy(model.coef_[0]).float()
-                        # Each keeps its whole intercept: both are fitted with balanced class weights, so each
-                        # logit is a log-likelihood ratio against an even prior, and their sum is the late fusion.
-                        layer.bias[i, 0, 0] = float(model.intercept_[0])
+                        # Each logit weighted as the meta-learner weighs it: summed with unit weights, two
+                        # separately penalised models are mixed in whatever ratio their penalties left
+                        # (measured: stack beat every fusion head on the split cells of fusion_gain).
+                        a = float(stack.meta_coef[j])
+                        layer.weight[i, :, 0] = a * torch.from_numpy(model.coef_[0]).float()
+                        layer.bias[i, 0, 0] = a * float(model.intercept_[0])
+                if not self.warm_constant[i]:
+                    self.genes.logit.bias[i, 0, 0] += stack.meta_intercept
             # The attention branch's logit starts at 0 (its gradient still flows), so the starting point is
-            # exactly the two fitted linear models, the fallback the trainer compares the trained head with.
+            # exactly the stacked linear models, the fallback the trainer compares the trained head with.
             self.image_logit.weight.zero_()
             self.image_logit.bias.zero_()
         # The fitted linear logits stay as fitted (their strength was chosen by CV); training learns what they

@@ -14,6 +14,7 @@ from featstore.tables import import_labels, read_expression
 from fusion.api import CVOptions, bench, cv
 from fusion.cohort import load_cohort
 from fusion.heads import HEADS
+from fusion.logistic import _logit, fit_stack
 from fusion.metrics import all_metrics, average_precision, roc_auc
 from fusion.simulate import simulate_cohort
 from fusion.splits import make_splits, read_splits, write_splits
@@ -230,6 +231,32 @@ def test_warm_start_says_which_models_start_from_a_constant():
     model.warm_start([noise, signal], [means, means], y, [np.arange(120)] * 2, seed=0)
     assert model.warm_constant == [True, False]
     assert torch.count_nonzero(model.genes.logit.weight[0]) == 0 and torch.count_nonzero(model.genes.logit.weight[1]) > 0
+
+
+def test_a_fusion_head_starts_from_the_stacked_unimodal_models():
+    """The warm start is the stack baseline fitted on the inner-training rows: each input's logistic regression
+    weighted by the meta-learner, not summed with unit weights (which mixes them in whatever ratio their
+    penalties left)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 80)
+    genes = rng.standard_normal((160, 6))
+    genes[:, 0] += 1.2 * y
+    tokens = rng.standard_normal((160, 4, 3)).astype(np.float32)
+    tokens[:, :, 0] += 0.6 * y[:, None]
+    weights = np.full((160, 4), 0.25, np.float32)
+    means = tokens.mean(1)
+    train = np.arange(0, 160, 2)
+    model = HEADS["late"].build(1, 6, 3)
+    model.warm_start([genes], [means], y, [train], seed=0)
+    model.eval()
+    with torch.no_grad():
+        start = model(torch.from_numpy(genes).float()[None], torch.from_numpy(tokens)[None],
+                      torch.ones(1, 160, 4, dtype=torch.bool), torch.from_numpy(weights)[None])[0].numpy()
+    stack = fit_stack([genes, means], y, train, seed=0)
+    assert all(b is not None for b in stack.bases)
+    np.testing.assert_allclose(start, stack.decision_function([genes, means]), rtol=1e-4, atol=1e-4)
+    unit = sum(_logit(b, x) for b, x in zip(stack.bases, (genes, means)))
+    assert np.abs(start - unit).max() > 0.1  # the check tells the two apart
 
 
 def test_a_constant_warm_start_is_no_fallback_for_early_stopping():
