@@ -179,7 +179,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     kept = getattr(result.model, "trained_kept", None)
     if kept is not None:
         metrics["trained_kept"] = {"per_model": kept, "rule": (
-            "training kept only where it beats the warm start (the fitted linear models) on the inner validation "
+            "training kept only where it beats the warm start (the stacked linear models) on the inner validation "
             "rows by > 1.64 SE of the per-patient loss, both recalibrated (Platt) on those rows, or "
             "where the warm start is a constant (neither linear model fitted)")}
     if result.permuted:
