@@ -3,29 +3,26 @@
 The backends (``featstore/backends.py``) are the only code that imports zarr or h5py. The layout is
 written down in ``docs/store-format.md``; bump ``SCHEMA_VERSION`` whenever it changes.
 
-Crash safety: every slide, failure record, table and view is written under ``_staging/<uuid>`` and
-then moved to its final path in one step (a directory rename for Zarr, an HDF5 link move followed by
-a flush). Readers only ever look at final paths, so a half-written object is invisible, and an
-interrupted write leaves nothing but a staging entry that the next writer removes.
+Crash safety: ``featstore/commit.py``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import numpy as np
 
 from featstore import integrity
-from featstore.backends import Backend, HDF5Backend, ZarrBackend, jsonable, open_beside_store, row_chunks
+from featstore.backends import Backend, HDF5Backend, ZarrBackend, jsonable, open_beside_store
+from featstore.commit import StagedCommits
 from featstore.errors import StoreError
+from featstore.names import check_name
 from featstore.records import ExpressionTable, LabelTable, SlideFeatures, now_iso
+from featstore.store_tables import StoreTables
 from featstore.validate import StoreChecks
 from featstore.writer import SlideWriter
 
@@ -35,36 +32,9 @@ __all__ = ["SCHEMA_VERSION", "ExpressionTable", "LabelTable", "SlideFeatures", "
 SCHEMA_VERSION = 1
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
-_STAGING = "_staging"
-_ASIDE = "__replaces__"  # a staging entry holding an object moved aside while its replacement goes in
 
 
-MAX_NAME = 200
-_RESERVED = {"zarr.json"}  # the metadata document of every Zarr v3 node
-
-
-def check_name(name: str, what: str) -> str:
-    """Names become path components in both backends; reject those that would not round-trip or would
-    collide with the layout's own names (checked when slides are planned, so a bad name fails before
-    any compute)."""
-    if not isinstance(name, str) or not name or name.strip() != name:
-        raise ValueError(f"{what} {name!r} must be a non-empty string without surrounding spaces")
-    if "/" in name or "\\" in name or name.startswith((".", "_")):
-        raise ValueError(f"{what} {name!r} may not contain '/' or start with '.' or '_'")
-    if len(name) > MAX_NAME:
-        raise ValueError(f"{what} {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME}")
-    if name in _RESERVED or not name.isprintable():
-        raise ValueError(f"{what} {name!r} is reserved by the store layout or holds unprintable characters")
-    return name
-
-
-def _fault_point(step: str) -> None:
-    """A SIGKILL at ``step`` when the test environment asks for it (tests/test_integrity.py); a no-op otherwise."""
-    if os.environ.get("FEATSTORE_TEST_KILL_AT") == step:
-        os.kill(os.getpid(), 9)
-
-
-class Store(StoreChecks):
+class Store(StagedCommits, StoreTables, StoreChecks):
     """A feature store; open with :func:`featstore.open`."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
@@ -118,87 +88,6 @@ class Store(StoreChecks):
     def _require_writable(self) -> None:
         if not self._backend.writable:
             raise StoreError(f"store {self.path} is open read-only; open it with mode='a' to write")
-
-    def _new_staging(self) -> str:
-        self._require_writable()
-        # Host and pid in the name let cleanup tell a dead writer's leftovers from a live one's work.
-        path = f"{_STAGING}/{os.getpid()}_{socket.gethostname()}_{uuid.uuid4().hex}"
-        self._backend.require_group(path)
-        return path
-
-    def cleanup_staging(self) -> int:
-        """Remove staging entries of writers that no longer run; returns how many were removed. An object a
-        dead writer had moved aside to replace, and whose replacement never arrived, is put back."""
-        self._require_writable()
-        removed = 0
-        host = socket.gethostname()
-        for entry in self._backend.groups(_STAGING):
-            owner, _, replaced = entry.partition(_ASIDE)
-            pid, _, rest = owner.partition("_")
-            same_host = rest.rsplit("_", 1)[0] == host
-            # HDF5 takes one writer at a time (we hold its lock): every entry there is a dead writer's.
-            if self.backend_name != "hdf5" and (not same_host or not pid.isdigit() or _pid_alive(int(pid))):
-                continue
-            target = unquote(replaced) if replaced else None
-            if target and not self._backend.has(target):
-                self._backend.move(f"{_STAGING}/{entry}", target)
-            else:
-                self._backend.delete(f"{_STAGING}/{entry}")
-            removed += 1
-        return removed
-
-    def _swap_in(self, stage: str, final: str) -> None:
-        """Replace ``final`` by the complete ``stage``: the old object is moved aside first, into a staging
-        entry that names it, so a kill at any moment leaves the old or the new in place, or the old aside
-        where the next writer puts it back (cleanup_staging); never neither."""
-        be = self._backend
-        be.flush()  # the staged object is on disk before it can become visible
-        _fault_point("staged")
-        if not be.has(final):
-            be.move(stage, final)
-            _fault_point("committed")
-            return
-        aside = f"{stage}{_ASIDE}{quote(final, safe='')}"
-        be.move(final, aside)
-        be.flush()
-        _fault_point("aside")
-        be.move(stage, final)
-        be.flush()
-        _fault_point("swapped")
-        be.delete(aside)
-        be.flush()
-        _fault_point("committed")
-
-    def _commit_arrays(self, final: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-        stage = self._new_staging()
-        digests = {}
-        try:
-            for name, data in arrays.items():
-                data = np.asarray(data)
-                digests[name] = integrity.record(data)
-                if data.dtype.kind in "UOT":
-                    arr = self._backend.create_array(f"{stage}/{name}", data.shape, str, data.shape)
-                    if data.size:
-                        arr[...] = data.astype(str)
-                    continue
-                if data.ndim == 2:
-                    chunks = (
-                        min(data.shape[0], 1024) or 1,
-                        min(data.shape[1], row_chunks(data.shape[1], 4 * 1024)) or 1,
-                    )
-                elif data.ndim >= 1:
-                    chunks = (row_chunks(data.shape[0], int(np.prod(data.shape[1:])) * data.itemsize) or 1,
-                              *data.shape[1:])
-                else:
-                    chunks = ()
-                arr = self._backend.create_array(f"{stage}/{name}", data.shape, data.dtype, chunks)
-                if data.size:
-                    arr[...] = data
-            self._backend.set_attrs(stage, {**attrs, "committed": now_iso(), "digests": digests})
-            self._swap_in(stage, final)
-        except BaseException:
-            self._backend.delete(stage)
-            raise
 
     # ---- names ----------------------------------------------------------------------------------
     def feature_sets(self) -> list[str]:
@@ -349,81 +238,6 @@ class Store(StoreChecks):
         self._backend.delete(f"features/{feature_set}/failed/{slide_id}")
         self._backend.flush()
 
-    # ---- tables ---------------------------------------------------------------------------------
-    def _check_table_name(self, name: str, kind: str, overwrite: bool) -> str:
-        check_name(name, "table name")
-        path = f"tables/{name}"
-        if self._backend.has(path):
-            if not overwrite:
-                raise StoreError(f"store {self.path} already has a table {name!r}; pass --overwrite to replace it")
-            if self._backend.attrs(path).get("kind") != kind:
-                raise StoreError(f"table {name!r} in {self.path} is not a {kind} table; refusing to replace it")
-        return path
-
-    def write_expression(self, name: str, table: ExpressionTable, overwrite: bool = False) -> None:
-        path = self._check_table_name(name, "expression", overwrite)
-        with np.errstate(over="ignore", invalid="ignore"):
-            values = np.asarray(table.values, dtype=np.float32)
-        n, g = values.shape
-        if not np.isfinite(values).all():
-            r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
-            raise ValueError(f"expression {name!r}: value at sample {table.sample_ids[r]!r}, gene {table.gene_ids[c]!r} is "
-                             f"{float(np.asarray(table.values)[r, c])!r}, not finite as float32 (beyond about ±3.4e38, NaN or Inf)")
-        for what, ids, expected in (("sample_ids", table.sample_ids, n), ("patient_ids", table.patient_ids, n),
-                                    ("sample_types", table.sample_types, n), ("gene_ids", table.gene_ids, g)):
-            if len(ids) != expected:
-                raise ValueError(f"expression {name!r}: {what} has {len(ids)} entries, values imply {expected}")
-        self._commit_arrays(path, {
-            "values": values,
-            "sample_ids": np.asarray(table.sample_ids, dtype=str),
-            "gene_ids": np.asarray(table.gene_ids, dtype=str),
-            "patient_ids": np.asarray(table.patient_ids, dtype=str),
-            "sample_types": np.asarray(table.sample_types, dtype=str),
-        }, {"kind": "expression", "provenance": table.provenance, "shape": [n, g]})
-
-    def read_expression(self, name: str | None = None) -> ExpressionTable:
-        name = self.resolve("expression", name)
-        base = f"tables/{name}"
-
-        def read(array: str) -> np.ndarray:
-            return self._read(base, array, f"table {name}")
-        return ExpressionTable(
-            values=read("values"),
-            sample_ids=read("sample_ids").tolist(),
-            gene_ids=read("gene_ids").tolist(),
-            patient_ids=read("patient_ids").tolist(),
-            sample_types=read("sample_types").tolist(),
-            provenance=self._backend.attrs(base).get("provenance", {}),
-        )
-
-    def write_labels(self, name: str, table: LabelTable, overwrite: bool = False) -> None:
-        path = self._check_table_name(name, "labels", overwrite)
-        if not len(table.patient_ids) == len(table.labels) == len(table.raw_labels):
-            raise ValueError(f"labels {name!r}: patient_ids, labels and raw_labels differ in length")
-        self._commit_arrays(path, {
-            "patient_ids": np.asarray(table.patient_ids, dtype=str),
-            "labels": np.asarray(table.labels, dtype=str),
-            "raw_labels": np.asarray(table.raw_labels, dtype=str),
-        }, {"kind": "labels", "provenance": table.provenance, "shape": [len(table.patient_ids)]})
-
-    def read_labels(self, name: str | None = None) -> LabelTable:
-        name = self.resolve("labels", name)
-        base = f"tables/{name}"
-
-        def read(array: str) -> np.ndarray:
-            return self._read(base, array, f"table {name}")
-        return LabelTable(
-            patient_ids=read("patient_ids").tolist(),
-            labels=read("labels").tolist(),
-            raw_labels=read("raw_labels").tolist(),
-            provenance=self._backend.attrs(base).get("provenance", {}),
-        )
-
-    def table_info(self, name: str) -> dict:
-        if name not in self.tables():
-            raise StoreError(f"store {self.path} has no table {name!r}")
-        return self._backend.attrs(f"tables/{name}")
-
     # ---- derived views --------------------------------------------------------------------------
     def views(self) -> list[str]:
         return self._backend.groups("views")
@@ -459,18 +273,6 @@ class Store(StoreChecks):
         name = self.resolve("features", feature_set)
         for sid in self.slides(name):
             yield sid, self.read_slide(name, sid)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_store(path: str | os.PathLike) -> None:
