@@ -26,7 +26,7 @@ _ASIDE = "__replaces__"  # a staging entry holding an object moved aside while i
 
 
 def _fault_point(step: str) -> None:
-    """A SIGKILL at ``step`` when the test environment asks for it (tests/test_integrity.py); a no-op otherwise."""
+    """A SIGKILL at ``step`` when the test environment asks for it (tests/test_faults.py); a no-op otherwise."""
     if os.environ.get("FEATSTORE_TEST_KILL_AT") == step:
         os.kill(os.getpid(), 9)
 
