@@ -11,6 +11,7 @@ unimodal head per cell) and ``benchmarks/fusion_gain.png`` (a heat map of the ga
 
     python benchmarks/fusion_gain.py            # the whole grid (under 30 min on 2 cores)
     python benchmarks/fusion_gain.py --quick    # 200-patient cells only
+    python benchmarks/fusion_gain.py --quick --seed 1 --out /tmp/seed1   # another draw of the cohorts
 """
 
 from __future__ import annotations
@@ -89,14 +90,14 @@ def run_cell(store: Path, label_map: str | None, bootstrap: int, threads: int) -
     return {"auc": auc, "best": best, "gaps": gaps, "checks": checks, "seconds": time.perf_counter() - t0}
 
 
-def measure(kw: dict | None, store: Path, bootstrap: int, threads: int) -> dict:
+def measure(kw: dict | None, store: Path, bootstrap: int, threads: int, seed: int = 0) -> dict:
     """One cell, in a worker process: simulate its cohort (HDF5: five times faster to write than Zarr for a
     thousand small bags, and the store is not what this measures), then every head on it."""
     warnings.simplefilter("ignore")
     torch.set_num_threads(threads)
     if kw is None:
         return run_cell(real_store(store), "pam50-binary", bootstrap, threads)
-    simulate_cohort(store, **{**COMMON, **kw}).close()
+    simulate_cohort(store, **{**COMMON, **kw, "seed": seed}).close()
     return run_cell(store, None, bootstrap, threads)
 
 
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, nargs="+", default=None, help="patient counts (default: 200 1000)")
     ap.add_argument("--only", nargs="+", default=None, help="run only cells whose name contains one of these")
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the simulated cohorts (the folds and training keep seed 0): another draw of each cell")
     ap.add_argument("--workers", type=int, default=None,
                     help="cells measured at once, one process each (default: one per core)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks")
@@ -149,7 +152,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, \
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         # Largest cohorts first, so the last cell to finish is a short one.
-        jobs = {pool.submit(measure, kw, Path(tmp) / f"cell{order.index(name)}.h5", args.bootstrap, threads): name
+        jobs = {pool.submit(measure, kw, Path(tmp) / f"cell{order.index(name)}.h5", args.bootstrap, threads,
+                            args.seed): name
                 for name, kw in sorted(grid, key=lambda c: -(c[1] or {"patients": 1000})["patients"])}
         for job in as_completed(jobs):
             name = jobs[job]
@@ -171,7 +175,8 @@ def write_report(results: dict[str, dict], args, minutes: float, workers: int, t
              f"({workers} cells at a time, {threads} thread(s) each). "
              "SIMULATED cohorts (fusion/simulate.py) with "
              f"{COMMON['patches']} patches x {COMMON['dim']} dims per bag, {COMMON['genes']} genes of which "
-             f"{COMMON['n_informative_genes']} informative; 5-fold patient-level CV, seed 0, default hyper-parameters. "
+             f"{COMMON['n_informative_genes']} informative, simulated with seed {args.seed}; "
+             "5-fold patient-level CV, seed 0, default hyper-parameters. "
              "Heads compared uncalibrated (their own predictions). The REAL cell is real expression with pure-noise image bags."
              + ("" if final else " (Run in progress: the cells measured so far.)"), "",
              "ROC-AUC of the pooled out-of-fold predictions per head; for each fusion head, its difference to the "
