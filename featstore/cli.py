@@ -12,15 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import featstore
-from featstore.cli_common import StoreArg, _fail, _guard, _notes, _root_options, console, err
+from featstore.cli_common import StoreArg, console, err, fail, guard, print_notes, root_options
 
 featstore_app = typer.Typer(help="Frozen patch embeddings of whole-slide images, gene tables and labels in one store.",
                             no_args_is_help=True, pretty_exceptions_enable=False)
-featstore_app.callback()(_root_options)
+featstore_app.callback()(root_options)
 
 
 @featstore_app.command("import-genes")
-@_guard
+@guard
 def import_genes(
     table: Annotated[Path, typer.Argument(help="CSV or TSV, optionally .gz")],
     store: StoreArg,
@@ -39,11 +39,11 @@ def import_genes(
         s.write_expression(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.sample_ids)} samples x {len(t.gene_ids)} genes, "
                   f"{len(set(t.patient_ids))} patients")
-    _notes(notes)
+    print_notes(notes)
 
 
 @featstore_app.command("import-labels")
-@_guard
+@guard
 def import_labels(
     table: Annotated[Path, typer.Argument(help="CSV/TSV with a patient (or sample barcode) column and a label column")],
     store: StoreArg,
@@ -62,11 +62,11 @@ def import_labels(
     with featstore.open(store, "a") as s:
         s.write_labels(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.patient_ids)} patients")
-    _notes(notes)
+    print_notes(notes)
 
 
 @featstore_app.command("import-features")
-@_guard
+@guard
 def import_features(
     paths: Annotated[list[Path], typer.Argument(help="CLAM/TRIDENT per-slide .h5 files or folders of them")],
     store: StoreArg,
@@ -88,7 +88,7 @@ def import_features(
 
 
 @featstore_app.command("export")
-@_guard
+@guard
 def export(
     store: Annotated[Path, typer.Argument(help="Store path")],
     out: Annotated[Path, typer.Option(help="Output folder")],
@@ -99,14 +99,14 @@ def export(
     from featstore.interop import export_clam
 
     if format != "clam":
-        _fail(f"unknown export format {format!r}; supported: clam")
+        fail(f"unknown export format {format!r}; supported: clam")
     with featstore.open(store) as s:
         files = export_clam(s, name, out)
     console.print(f"[green]exported[/] {len(files)} slides to {out}")
 
 
 @featstore_app.command("ls")
-@_guard
+@guard
 def ls(
     store: Annotated[Path, typer.Argument(help="Store path")],
     failed: Annotated[bool, typer.Option(help="List only the failed slides, with their reasons")] = False,
@@ -145,7 +145,7 @@ def ls(
 
 
 @featstore_app.command("info")
-@_guard
+@guard
 def info(
     store: Annotated[Path, typer.Argument(help="Store path")],
     slide: Annotated[Optional[str], typer.Option(help="Show one slide's provenance")] = None,
@@ -178,7 +178,7 @@ def info(
 
 
 @featstore_app.command("validate")
-@_guard
+@guard
 def validate(
     store: Annotated[Path, typer.Argument(help="Store path")],
     deep: Annotated[bool, typer.Option(help="Also re-read every array and compare it with its commit-time digest")] = False,
@@ -202,7 +202,7 @@ def _committed_slides(store: Path, feature_set: str) -> str:
 
 
 @featstore_app.command("extract")
-@_guard
+@guard
 def extract(
     slides: Annotated[list[str], typer.Option("--slides", help="Files, folders, globs or a CSV manifest (repeatable)")],
     out: Annotated[Path, typer.Option("--out", help="Store (created if absent)")],
@@ -249,7 +249,7 @@ def extract(
         try:
             i, n = (int(v) for v in shard.split("/"))
         except ValueError:
-            _fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
+            fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
                            min_tissue=min_tissue, precision=precision, decoder=decoder, max_patches=max_patches)

@@ -16,7 +16,7 @@ err = Console(stderr=True)
 StoreArg = Annotated[Path, typer.Option("--store", "-s", help="Store path: *.zarr (Zarr v3) or *.h5 (HDF5)")]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> None:
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
@@ -27,7 +27,7 @@ def _fail(message: str, code: int = 1) -> None:
 _RUN = {"debug": False}
 
 
-def _guard(fn):
+def guard(fn):
     """Turn a user's error (bad input, missing store or weights) into one red line and exit code 1; ``--debug``
     (before the command) re-raises it with its traceback."""
     import functools
@@ -40,16 +40,16 @@ def _guard(fn):
             if _RUN["debug"]:
                 raise
             # KeyError's str() adds quotes of its own; every other message is printed as it is.
-            _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+            fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     return wrapper
 
 
-def _root_options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,
+def root_options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,
                   ) -> None:
     _RUN["debug"] = debug
 
 
-def _notes(notes: list[str]) -> None:
+def print_notes(notes: list[str]) -> None:
     for n in notes:
         console.print(f"  [dim]•[/] {n}")
 

@@ -12,11 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import featstore
-from featstore.cli_common import _guard, _root_options, console, err
+from featstore.cli_common import console, err, guard, root_options
 
 fusion_app = typer.Typer(help="Leakage-free cross-validation of gene, image and fusion heads on a feature store.",
                          no_args_is_help=True, pretty_exceptions_enable=False)
-fusion_app.callback()(_root_options)
+fusion_app.callback()(root_options)
 
 
 def _cv_options() -> list[tuple[str, object, object, str]]:
@@ -123,7 +123,7 @@ def _print_summary(metrics: dict) -> None:
 
 
 @fusion_app.command("cv")
-@_guard
+@guard
 @_with_cv_options
 def fusion_cv(
     store: Annotated[Path, typer.Argument(help="Feature store")],
@@ -151,7 +151,7 @@ def fusion_cv(
 
 
 @fusion_app.command("bench")
-@_guard
+@guard
 @_with_cv_options
 def fusion_bench(
     store: Annotated[Path, typer.Argument(help="Feature store")],
@@ -186,7 +186,7 @@ def fusion_bench(
 
 
 @fusion_app.command("fit")
-@_guard
+@guard
 @_with_cv_options
 def fusion_fit(
     store: Annotated[Path, typer.Argument(help="Feature store with the training patients")],
@@ -208,7 +208,7 @@ def fusion_fit(
 
 
 @fusion_app.command("predict")
-@_guard
+@guard
 def fusion_predict(
     model: Annotated[Path, typer.Argument(help="A model folder, or a folder of fold models (cv --save-models)")],
     store: Annotated[Path, typer.Argument(help="Store with the patients to score")],
@@ -235,7 +235,7 @@ def fusion_predict(
 
 
 @fusion_app.command("explain")
-@_guard
+@guard
 def fusion_explain(
     model: Annotated[Path, typer.Argument(help="A model folder (fusion fit), or a folder of fold models")],
     store: Annotated[Path, typer.Argument(help="Store with the slides' features")],
@@ -271,7 +271,7 @@ def fusion_heads() -> None:
 
 
 @fusion_app.command("simulate")
-@_guard
+@guard
 def fusion_simulate(
     out: Annotated[Path, typer.Option(help="Store to write (created or extended)")],
     labels_out: Annotated[Optional[Path], typer.Option(help="Also write the labels as CSV")] = None,
