@@ -171,7 +171,8 @@ def _predict(model, data: FoldData, rows: torch.Tensor, chunk: int = 512, perm=N
 
 
 def train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None = None):
-    """Fit the M models of a torch head together; returns the model (best weights restored) and epochs run."""
+    """Fit the M models of a torch head together; returns the model (best weights restored), the epochs run and
+    each model's logits on its inner-validation rows (M, V), predicted while those rows were held out."""
     # Initialisation and dropout draw from torch's global generator: seed it, inside a fork so the
     # caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -253,11 +254,22 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             if (stale >= cfg.patience).all():
                 break
     model.load_state_dict(best_state)
-    if warm:
-        model.trained_kept = _back_to_warm_start_unless_significant(
-            model, start_state, start_logits, _predict(model, data, val_idx), yt[val_idx], val_weight)
+    if not warm:
+        model.eval()
+        return model, epochs_run.tolist(), _predict(model, data, val_idx)
+    trained_logits = _predict(model, data, val_idx)
+    model.trained_kept = _back_to_warm_start_unless_significant(
+        model, start_state, start_logits, trained_logits, yt[val_idx], val_weight)
+    # What each model ends with, predicted on the validation rows while they are still held out: calibration
+    # and the threshold are fitted on these, as CalibratedClassifierCV(ensemble=False) calibrates a model
+    # refitted on all rows with its cross-validated predictions.
+    val_logits = torch.where(torch.tensor(model.trained_kept)[:, None], trained_logits, start_logits)
+    if hasattr(model, "refit_linear"):
+        back = [i for i, kept in enumerate(model.trained_kept) if not kept]
+        model.refit_linear([g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)], y,
+                           [np.concatenate([tr, v]) for tr, v in zip(data.train, data.val)], cfg.seed, back)
     model.eval()
-    return model, epochs_run.tolist()
+    return model, epochs_run.tolist(), val_logits
 
 
 def _copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:
@@ -336,11 +348,11 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
         if spec.kind == "sklearn":
             raw_predict, n_params, epochs, val_probs, model = _fit_sklearn(spec, data, y, cfg)
         else:
-            model, epochs = train_torch(spec, data, y, cfg, head_kwargs)
+            model, epochs, val_logits = train_torch(spec, data, y, cfg, head_kwargs)
             n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
             test_idx, test_valid = _padded(data.test)
             val_idx, val_valid = _padded(data.val)
-            vp = torch.sigmoid(_predict(model, data, val_idx).double()).numpy()
+            vp = torch.sigmoid(val_logits.double()).numpy()
             val_probs = [vp[i, val_valid[i].numpy()] for i in range(len(data.val))]
 
             def raw_predict(perm=None):

@@ -181,6 +181,19 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
             if spec.kind == "torch":  # the warm-start rule's verdict reaches metrics.json, one per fold model
                 assert len(runs[head].metrics["trained_kept"]["per_model"]) == 5, head
     assert f"{null} adds nothing measurable" in (tmp_path / "b" / "leaderboard.md").read_text()
+    # A fold model that went back to its warm start ends as the stack baseline refitted on the fold's whole
+    # training part (not on its inner-training rows only): the same predictions as `stack` on that test fold.
+    stack, back = runs["stack"].result, 0
+    for head, spec in HEADS.items():
+        if spec.multimodal and spec.kind == "torch":
+            r = runs[head].result
+            for fold, kept in enumerate(runs[head].metrics["trained_kept"]["per_model"]):
+                if not kept:
+                    test = r.assign[0] == fold
+                    np.testing.assert_allclose(r.uncalibrated[0, test], stack.uncalibrated[0, test], rtol=1e-4,
+                                               atol=1e-5, err_msg=f"{head}, fold {fold}")
+                    back += 1
+    assert back >= 5, back  # the check ran
 
 
 def test_a_fusion_head_keeps_its_training_only_where_it_clearly_ranks_better_than_its_warm_start():
@@ -274,7 +287,7 @@ def test_a_constant_warm_start_is_no_fallback_for_early_stopping():
                     torch.ones(p, 4, dtype=torch.bool), torch.ones(p, 4), torch.ones(p, dtype=torch.bool),
                     torch.ones(p, dtype=torch.bool), [np.sort(r[:80]) for r in rows], [np.sort(r[80:100]) for r in rows],
                     [np.sort(r[100:]) for r in rows])
-    model, epochs = train_torch(HEADS["late"], data, y, TrainConfig(epochs=4, patience=4))
+    model, epochs, _ = train_torch(HEADS["late"], data, y, TrainConfig(epochs=4, patience=4))
     assert model.warm_constant == [True] * m and model.trained_kept == [True] * m
     model.eval()
     with torch.no_grad():
