@@ -112,10 +112,10 @@ class _FusionHead(nn.Module):
     branch that starts at 0; ``warm_start`` fits both linear logits as logistic regressions on each
     model's inner-training rows, weighted by a logistic meta-learner on their out-of-fold logits (the
     ``stack`` baseline, fitted on those rows), and the gate of the fusion term starts at 0. So every head
-    starts as the stacked late fusion of two fitted unimodal models, and early stopping (which scores the warm start too) keeps
-    that unless training improves the inner-validation loss. In training, modality dropout removes one
-    modality from a share of the patients (its logit and the fusion term), so each path learns to predict
-    alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; one that
+    starts as the stacked late fusion of two fitted unimodal models, and early stopping (which scores the
+    warm start too) keeps that unless training improves the inner-validation loss. In training, modality
+    dropout removes one modality from a share of the patients (its logit and the fusion term), so each path
+    learns to predict alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; one that
     does not is a pure late-fusion head.
     """
 
@@ -150,8 +150,8 @@ class _FusionHead(nn.Module):
     def refit_linear(self, genes: list[np.ndarray], bag_means: list[np.ndarray], y: np.ndarray,
                      rows: list[np.ndarray], seed: int, which: list[int]) -> None:
         """Refit the stacked linear logits of the models in ``which`` on their ``rows`` (the fold's whole
-        training part): for a model that went back to its warm start, which is then the ``stack`` baseline
-        fitted on the inner-training rows only (at 200 patients, 136 of the 160 the baselines use)."""
+        training part): a model that went back to its warm start, the ``stack`` baseline fitted on its
+        inner-training rows only (at 200 patients 136 of the 160 the baselines use), becomes that baseline."""
         for i in which:
             self._set_linear(i, fit_stack([genes[i], bag_means[i]], y, rows[i], seed))
 

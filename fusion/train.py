@@ -184,9 +184,11 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     m = data.genes.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     model = spec.build(m, data.genes.shape[-1], data.tokens.shape[-1], snn=cfg.snn, **(head_kwargs or {}))
-    if hasattr(model, "warm_start"):
-        model.warm_start([g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)], y, data.train,
-                         cfg.seed)
+    warm = hasattr(model, "warm_start")
+    if warm:
+        # The inputs of the linear logits: fitted here on the inner-training rows, refitted at the end.
+        linear_inputs = [g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)]
+        model.warm_start(*linear_inputs, y, data.train, cfg.seed)
     yt = torch.from_numpy(y).float()
     # foreach: one batched update over all parameters; the per-tensor loop was 15% of a bench's time on a CPU.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
@@ -207,7 +209,6 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     start_logits = _predict(model, data, val_idx)
     best = val_loss(start_logits)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    warm = hasattr(model, "warm_start")
     if warm:
         # A constant warm start (neither linear model fitted) ranks nothing, so it is no fallback: the best
         # trained epoch is kept even where its loss is above the constant's. Scored against the constant, the
@@ -266,8 +267,8 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     val_logits = torch.where(torch.tensor(model.trained_kept)[:, None], trained_logits, start_logits)
     if hasattr(model, "refit_linear"):
         back = [i for i, kept in enumerate(model.trained_kept) if not kept]
-        model.refit_linear([g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)], y,
-                           [np.concatenate([tr, v]) for tr, v in zip(data.train, data.val)], cfg.seed, back)
+        model.refit_linear(*linear_inputs, y, [np.concatenate([tr, v]) for tr, v in zip(data.train, data.val)],
+                           cfg.seed, back)
     model.eval()
     return model, epochs_run.tolist(), val_logits
 

@@ -272,6 +272,37 @@ def test_a_fusion_head_starts_from_the_stacked_unimodal_models():
     assert np.abs(start - unit).max() > 0.1  # the check tells the two apart
 
 
+def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictions():
+    """A fold model that goes back to its warm start is refitted on its whole training part, but the validation
+    logits its calibration and threshold are fitted on are the warm start's, made while those rows were held
+    out, not the refitted model's in-sample ones."""
+    from fusion.train import FoldData, _padded, _predict, train_torch
+
+    rng = np.random.default_rng(1)
+    p, m = 160, 3
+    y = np.repeat([0, 1], p // 2)
+    genes = rng.standard_normal((m, p, 20)).astype(np.float32)
+    genes[:, :, 0] += 1.5 * y
+    rows = [rng.permutation(p) for _ in range(m)]
+    train, val = [np.sort(r[:100]) for r in rows], [np.sort(r[100:130]) for r in rows]
+    data = FoldData(torch.from_numpy(genes), torch.from_numpy(rng.standard_normal((m, p, 4, 8)).astype(np.float32)),
+                    torch.ones(p, 4, dtype=torch.bool), torch.full((p, 4), 0.25), torch.ones(p, dtype=torch.bool),
+                    torch.ones(p, dtype=torch.bool), train, val, [np.sort(r[130:]) for r in rows])
+    model, _, val_logits = train_torch(HEADS["late"], data, y, TrainConfig(epochs=2, patience=1))
+    back = [i for i, kept in enumerate(model.trained_kept) if not kept]
+    assert back, model.trained_kept
+    val_idx, _ = _padded(val)
+    refitted = _predict(model, data, val_idx)
+    for i in back:
+        means = data.tokens[i].mean(1).numpy()
+        held_out = fit_stack([genes[i], means], y, train[i], seed=0).decision_function([genes[i], means])[val[i]]
+        np.testing.assert_allclose(val_logits[i].numpy(), held_out, rtol=1e-4, atol=1e-4)
+        whole = fit_stack([genes[i], means], y, np.concatenate([train[i], val[i]]), seed=0)
+        np.testing.assert_allclose(refitted[i].numpy(), whole.decision_function([genes[i], means])[val[i]],
+                                   rtol=1e-4, atol=1e-4)
+        assert np.abs(refitted[i].numpy() - held_out).max() > 1e-3  # the two are told apart
+
+
 def test_a_constant_warm_start_is_no_fallback_for_early_stopping():
     """Genes and image bags of pure noise: neither linear model is fitted, so each model starts from a constant.
     A constant ranks nothing, so early stopping keeps the best trained epoch even where it scores worse than the
