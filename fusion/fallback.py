@@ -1,0 +1,63 @@
+"""The trainer's fallback rule: a fusion head keeps its training only where it ranks the inner-validation
+patients significantly better than the warm start it began from (the stacked unimodal linear models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.logistic import significant_gain
+
+
+def _copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:
+    """Copy the models picked by the boolean ``which`` (M,) from one state dict into another, in place: every
+    tensor with a leading model axis holds one slice per model."""
+    for k, v in dst.items():
+        if v.dim() and v.shape[0] == len(which):
+            v[which] = src[k][which]
+
+
+def _back_to_warm_start_unless_significant(model, start_state: dict, start_logits: torch.Tensor,
+                                           trained_logits: torch.Tensor, y: torch.Tensor,
+                                           weight: torch.Tensor) -> list[bool]:
+    """Per model, go back to the warm start (the fitted unimodal linear models) unless the trained weights rank
+    the inner-validation patients significantly better (``significant_gain`` on the per-patient losses: the bar
+    ``fit_logistic`` puts an input to). Logits and labels are (M, V); ``weight`` is each patient's class
+    weight, 0 for padding. Returns which models kept training.
+
+    Early stopping picks the best of tens of epochs on the same few validation patients, so the loss it
+    keeps is biased low: measured on null image bags (1,000 patients), fusion heads kept an attention branch
+    fitted to noise and fell 0.006-0.019 ROC-AUC below the gene model they started from.
+
+    Both are compared after each is recalibrated on those patients (``_recalibrated_losses``): the penalised
+    linear models of the warm start are shrunk, so training lowered the validation loss by sharpening the
+    gene logit alone, in every fold of the null-image cell, and that passed the test while the ranking got
+    worse (concat, fold 0: test ROC-AUC 0.782 -> 0.739). Calibration is fitted afterwards anyway; what
+    training must add is discrimination.
+
+    A model whose warm start is a constant (neither linear model beat the intercept) keeps its training
+    whatever the test says: a constant ranks nothing, so there is no ranking to protect, and the bar is
+    hardest to clear exactly where the signal needs a non-linear model (patterns in a minority of patches)
+    and the validation part is small (24 patients in a 200-patient cohort)."""
+    keep = []
+    for s, t, yy, w in zip(start_logits, trained_logits, y, weight):
+        v = (w > 0).numpy()
+        args = yy.numpy()[v], w.double().numpy()[v]
+        gain = _recalibrated_losses(s.double().numpy()[v], *args) - _recalibrated_losses(t.double().numpy()[v], *args)
+        keep.append(significant_gain(gain))
+    keep_t = torch.tensor(keep) | torch.tensor(getattr(model, "warm_constant", [False] * len(keep)))
+    _copy_models(model.state_dict(), start_state, ~keep_t)
+    return keep_t.tolist()
+
+
+def _recalibrated_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per-patient weighted log-loss of ``sigmoid(a * logit + b)``, with a and b fitted to these patients by
+    weighted maximum likelihood (Platt scaling): what is left is the ranking's loss, not the scale's."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = logits[:, None]
+    if np.ptp(logits) == 0:
+        x = np.zeros_like(x)  # a constant ranks nothing: intercept only
+    fit = LogisticRegression(C=np.inf).fit(x, y, sample_weight=weight)
+    p = np.clip(fit.predict_proba(x)[:, 1], 1e-12, 1 - 1e-12)
+    return -weight * (y * np.log(p) + (1 - y) * np.log(1 - p))
