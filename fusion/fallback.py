@@ -9,7 +9,7 @@ import torch
 from fusion.logistic import significant_gain
 
 
-def _copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:
+def copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:
     """Copy the models picked by the boolean ``which`` (M,) from one state dict into another, in place: every
     tensor with a leading model axis holds one slice per model."""
     for k, v in dst.items():
@@ -17,7 +17,7 @@ def _copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], whi
             v[which] = src[k][which]
 
 
-def _back_to_warm_start_unless_significant(model, start_state: dict, start_logits: torch.Tensor,
+def back_to_warm_start_unless_significant(model, start_state: dict, start_logits: torch.Tensor,
                                            trained_logits: torch.Tensor, y: torch.Tensor,
                                            weight: torch.Tensor) -> list[bool]:
     """Per model, go back to the warm start (the fitted unimodal linear models) unless the trained weights rank
@@ -29,7 +29,7 @@ def _back_to_warm_start_unless_significant(model, start_state: dict, start_logit
     keeps is biased low: measured on null image bags (1,000 patients), fusion heads kept an attention branch
     fitted to noise and fell 0.006-0.019 ROC-AUC below the gene model they started from.
 
-    Both are compared after each is recalibrated on those patients (``_recalibrated_losses``): the penalised
+    Both are compared after each is recalibrated on those patients (``recalibrated_losses``): the penalised
     linear models of the warm start are shrunk, so training lowered the validation loss by sharpening the
     gene logit alone, in every fold of the null-image cell, and that passed the test while the ranking got
     worse (concat, fold 0: test ROC-AUC 0.782 -> 0.739). Calibration is fitted afterwards anyway; what
@@ -43,14 +43,14 @@ def _back_to_warm_start_unless_significant(model, start_state: dict, start_logit
     for s, t, yy, w in zip(start_logits, trained_logits, y, weight):
         v = (w > 0).numpy()
         args = yy.numpy()[v], w.double().numpy()[v]
-        gain = _recalibrated_losses(s.double().numpy()[v], *args) - _recalibrated_losses(t.double().numpy()[v], *args)
+        gain = recalibrated_losses(s.double().numpy()[v], *args) - recalibrated_losses(t.double().numpy()[v], *args)
         keep.append(significant_gain(gain))
     keep_t = torch.tensor(keep) | torch.tensor(getattr(model, "warm_constant", [False] * len(keep)))
-    _copy_models(model.state_dict(), start_state, ~keep_t)
+    copy_models(model.state_dict(), start_state, ~keep_t)
     return keep_t.tolist()
 
 
-def _recalibrated_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def recalibrated_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Per-patient weighted log-loss of ``sigmoid(a * logit + b)``, with a and b fitted to these patients by
     weighted maximum likelihood (Platt scaling): what is left is the ranking's loss, not the scale's."""
     from sklearn.linear_model import LogisticRegression

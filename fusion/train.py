@@ -17,7 +17,7 @@ import torch
 
 from fusion.calibration import CALIBRATIONS, choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
-from fusion.fallback import _back_to_warm_start_unless_significant, _copy_models
+from fusion.fallback import back_to_warm_start_unless_significant, copy_models
 from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
@@ -250,7 +250,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             epochs_run += (stale < cfg.patience).numpy()
             if improved.any():
                 best = torch.where(improved, vloss, best)
-                _copy_models(best_state, model.state_dict(), improved)
+                copy_models(best_state, model.state_dict(), improved)
             stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
             if (stale >= cfg.patience).all():
                 break
@@ -259,7 +259,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         model.eval()
         return model, epochs_run.tolist(), _predict(model, data, val_idx)
     trained_logits = _predict(model, data, val_idx)
-    model.trained_kept = _back_to_warm_start_unless_significant(
+    model.trained_kept = back_to_warm_start_unless_significant(
         model, start_state, start_logits, trained_logits, yt[val_idx], val_weight)
     # What each model ends with, predicted on the validation rows while they are still held out: calibration
     # and the threshold are fitted on these, as CalibratedClassifierCV(ensemble=False) calibrates a model

@@ -13,12 +13,13 @@ import featstore
 from featstore.tables import import_labels, read_expression
 from fusion.api import CVOptions, bench, cv
 from fusion.cohort import load_cohort
+from fusion.fallback import back_to_warm_start_unless_significant
 from fusion.heads import HEADS
 from fusion.logistic import _logit, fit_stack
 from fusion.metrics import all_metrics, average_precision, roc_auc
 from fusion.simulate import simulate_cohort
 from fusion.splits import make_splits, read_splits, write_splits
-from fusion.train import TrainConfig, _back_to_warm_start_unless_significant, cross_validate, permute_within_test_folds
+from fusion.train import TrainConfig, cross_validate, permute_within_test_folds
 from fusion.views import build_view
 
 from .conftest import MIXOMICS
@@ -217,7 +218,7 @@ def test_a_fusion_head_keeps_its_training_only_where_it_clearly_ranks_better_tha
     yt, weight = torch.from_numpy(y).float().expand(3, -1), torch.ones(3, 200)
     raw = torch.nn.functional.binary_cross_entropy_with_logits
     assert (raw(start_logits[1], yt[1]) - raw(trained_logits[1], yt[1])) > 0.05  # the raw loss says "better"
-    kept = _back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight)
+    kept = back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight)
     assert kept == [True, False, False]
     for k, v in model.state_dict().items():
         if v.dim() and v.shape[0] == 3:
@@ -225,12 +226,12 @@ def test_a_fusion_head_keeps_its_training_only_where_it_clearly_ranks_better_tha
     # Padding (weight 0) is left out: the same verdicts with 20 padded rows of nonsense appended.
     pad = lambda t, fill: torch.cat([t, torch.full((3, 20), fill)], dim=1)  # noqa: E731
     model.load_state_dict(trained)
-    assert _back_to_warm_start_unless_significant(model, start, pad(start_logits, 50.0), pad(trained_logits, -50.0),
+    assert back_to_warm_start_unless_significant(model, start, pad(start_logits, 50.0), pad(trained_logits, -50.0),
                                                   pad(yt, 1.0), pad(weight, 0.0)) == [True, False, False]
     # A warm start that is a constant (neither linear model fitted) ranks nothing: training is kept.
     model.load_state_dict(trained)
     model.warm_constant = [False, True, True]
-    assert _back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight) == [True] * 3
+    assert back_to_warm_start_unless_significant(model, start, start_logits, trained_logits, yt, weight) == [True] * 3
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
 
