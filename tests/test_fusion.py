@@ -247,6 +247,33 @@ def test_warm_start_says_which_models_start_from_a_constant():
     assert torch.count_nonzero(model.genes.logit.weight[0]) == 0 and torch.count_nonzero(model.genes.logit.weight[1]) > 0
 
 
+def test_modality_dropout_trains_each_path_alone_on_40_percent_of_the_patients():
+    """In training, 40% of the patients of a step lose their genes (the output is the image logit alone), 40%
+    their image (the gene logit alone) and 20% keep both (both logits plus the fusion term); in evaluation
+    nobody loses anything. At 20%/20% the attention branch learned mostly the gene logit's residual."""
+    from fusion.heads import weighted_mean
+
+    torch.manual_seed(0)
+    model = HEADS["concat"].build(1, 5, 4)
+    with torch.no_grad():
+        model.gate.fill_(1.0)  # the fusion term counts, so "both" differs from either path alone
+    b = 20_000
+    genes, tokens = torch.randn(1, b, 5), torch.randn(1, b, 3, 4)
+    mask, weights = torch.ones(1, b, 3, dtype=torch.bool), torch.ones(1, b, 3)
+    model.eval()
+    with torch.no_grad():
+        gene_logit = model.genes(genes)[0]
+        image_logit = (model.image_linear(weighted_mean(tokens, weights))
+                       + model.image_logit(model.image(tokens, mask, weights))).squeeze(-1)
+        both = model(genes, tokens, mask, weights)
+        model.train()
+        out = model(genes, tokens, mask, weights)
+    assert not torch.allclose(both, gene_logit + image_logit)  # the fusion term is on in evaluation
+    image_alone = torch.isclose(out, image_logit, atol=1e-6).float().mean().item()
+    genes_alone = torch.isclose(out, gene_logit, atol=1e-6).float().mean().item()
+    assert abs(image_alone - 0.4) < 0.02 and abs(genes_alone - 0.4) < 0.02, (image_alone, genes_alone)
+
+
 def test_a_fusion_head_starts_from_the_stacked_unimodal_models():
     """The warm start is the stack baseline fitted on the inner-training rows: each input's logistic regression
     weighted by the meta-learner, not summed with unit weights (which mixes them in whatever ratio their
