@@ -43,6 +43,7 @@ from fusion.splits import make_splits, model_rows  # noqa: E402
 from fusion.train import TrainConfig, cross_validate  # noqa: E402
 
 HEADS = ("logreg", "xgboost", "image_abmil", "image_logreg")
+FOLDS, INNER_FOLDS = 5, 4
 STACKS = {"all four": HEADS, "logreg + image_abmil": ("logreg", "image_abmil"),
           "genes: logreg + xgboost": ("logreg", "xgboost"), "without image_abmil": ("logreg", "xgboost", "image_logreg")}
 
@@ -71,23 +72,23 @@ def cell(store: Path, bootstrap: int, threads: int, seed: int = 0) -> dict:
     with featstore.open(store, "a") as s:
         cohort, view = prepare_inputs(s, list(HEADS), opts)
     y = cohort.y
-    assign = make_splits(cohort.patient_ids, y, 5, 1, seed)
+    assign = make_splits(cohort.patient_ids, y, FOLDS, 1, seed)
     outer = model_rows(assign, y, cfg.inner_val, seed)
-    inner = nested_rows(y, outer, 4, cfg.inner_val, seed)
+    inner = nested_rows(y, outer, INNER_FOLDS, cfg.inner_val, seed)
     rows = [(j, 0, tr, val, test) for j, (_, _, tr, val, test) in enumerate(outer)]
-    rows += [(len(rows) + 4 * k + j, 0, *r) for k, rs in enumerate(inner) for j, r in enumerate(rs)]
+    rows += [(FOLDS + INNER_FOLDS * k + j, 0, *r) for k, rs in enumerate(inner) for j, r in enumerate(rs)]
     pred = {}
-    for h in HEADS:  # (25, P): row j holds model j's test predictions, NaN elsewhere
+    for h in HEADS:  # (FOLDS x (1 + INNER_FOLDS), P): row j holds model j's test predictions, NaN elsewhere
         res = cross_validate(cohort, h, np.zeros((len(rows), len(y)), int), view, cfg, permutations=0, rows=rows)
         pred[h] = logit(res.uncalibrated)
     # Every patient is in exactly one outer test fold, and in one inner test fold of each outer model it trains.
-    oof = {h: np.nansum(p[:5], axis=0)[None] for h, p in pred.items()}
+    oof = {h: np.nansum(p[:FOLDS], axis=0)[None] for h, p in pred.items()}
     stacked = {}
     for name, heads in STACKS.items():
         out = np.full(len(y), np.nan)
         for k, (_, _, _, _, test) in enumerate(outer):
             part = np.concatenate([r[2] for r in inner[k]])
-            ins = [5 + 4 * k + j for j in range(4)]
+            ins = [FOLDS + INNER_FOLDS * k + j for j in range(INNER_FOLDS)]
             x = np.stack([np.nansum(pred[h][ins][:, part], axis=0) for h in heads], 1)
             meta = LogisticRegression(C=1.0, class_weight="balanced").fit(x, y[part])
             out[test] = meta.decision_function(np.stack([pred[h][k, test] for h in heads], 1))
