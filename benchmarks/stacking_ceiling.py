@@ -37,6 +37,7 @@ from fusion_gain import COMMON, cells  # noqa: E402
 
 import featstore  # noqa: E402
 from fusion.api import CVOptions, prepare_inputs  # noqa: E402
+from fusion.calibration import logit  # noqa: E402
 from fusion.metrics import paired_difference, pooled_metric  # noqa: E402
 from fusion.simulate import simulate_cohort  # noqa: E402
 from fusion.splits import make_splits, model_rows  # noqa: E402
@@ -59,11 +60,6 @@ def nested_rows(y: np.ndarray, outer: list, inner_folds: int, inner_val: float, 
             inner.append((np.sort(itr), np.sort(ival), part[b]))
         out.append(inner)
     return out
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
 
 
 def cell(store: Path, bootstrap: int, threads: int, seed: int = 0) -> dict:

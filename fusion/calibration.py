@@ -22,7 +22,7 @@ class Calibrator:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, float)
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.a * _logit(p) + self.b)))
+            return 1.0 / (1.0 + np.exp(-(self.a * logit(p) + self.b)))
         if self.method == "isotonic":
             return np.interp(p, self.x, self.y)
         return p
@@ -43,13 +43,14 @@ def fit_calibrator(p_val: np.ndarray, y_val: np.ndarray, method: str) -> Calibra
         return Calibrator("isotonic", x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
     from sklearn.linear_model import LogisticRegression
 
-    lr = LogisticRegression(C=1e4).fit(_logit(p_val)[:, None], y_val)  # nearly unpenalised: two parameters
+    lr = LogisticRegression(C=1e4).fit(logit(p_val)[:, None], y_val)  # nearly unpenalised: two parameters
     if lr.coef_[0, 0] <= 0:  # a few validation rows ranked backwards must not turn the head's ranking round
         return Calibrator()
     return Calibrator("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped away from 0 and 1."""
     p = np.clip(np.asarray(p, float), 1e-12, 1 - 1e-12)
     return np.log(p / (1 - p))
 

@@ -115,8 +115,8 @@ class _FusionHead(nn.Module):
     starts as the stacked late fusion of two fitted unimodal models, and early stopping (which scores the
     warm start too) keeps that unless training improves the inner-validation loss. In training, modality
     dropout removes one modality from a share of the patients (its logit and the fusion term), so each path
-    learns to predict alone and neither can lean on the other (modality competition). Subclasses define ``fuse``; one that
-    does not is a pure late-fusion head.
+    learns to predict alone and neither can lean on the other (modality competition). Subclasses define
+    ``fuse``; one that does not is a pure late-fusion head.
     """
 
     # 40% of patients per step lose their genes (the image path predicts alone), 40% their image, 20% keep both.
