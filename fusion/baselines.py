@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.logistic import _logit, fit_logistic, fit_stack
+from fusion.logistic import _logit, fit_logistic, fit_stack, linear_weights
 from fusion.registry import GENES, IMAGE, register_head
 
 # ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
@@ -15,8 +15,8 @@ from fusion.registry import GENES, IMAGE, register_head
 
 
 @register_head("logreg", {GENES}, "sklearn",
-               "Logistic regression on the fold-locally scaled genes (scikit-learn), L1 or L2 and its strength "
-               "chosen on the inner validation split.")
+               "Logistic regression on the fold-locally scaled genes (scikit-learn): L1 or L2 at several strengths, "
+               "or L2 on the genes of largest F statistic, chosen by inner CV on the fold's training part.")
 def _logreg(*, seed: int, threads: int):
     return _linear(GENES, seed)
 
@@ -32,8 +32,12 @@ def _linear(modality: str, seed: int):
     def fit(inputs, y, tr, val):
         model = fit_logistic(inputs[modality], y, np.concatenate([tr, val]), seed)
         return ((lambda inp: 1 / (1 + np.exp(-_logit(model, inp[modality])))),
-                1 + (0 if model is None else model.coef_.size))
+                1 + (0 if model is None else _n_weights(model)))
     return fit
+
+
+def _n_weights(model) -> int:
+    return int(np.count_nonzero(linear_weights(model)[0]))
 
 
 @register_head("xgboost", {GENES}, "sklearn",
@@ -65,5 +69,5 @@ def _stack(*, seed: int, threads: int, inner_folds: int = 5):
 
         def predict(inp):
             return 1 / (1 + np.exp(-stack.decision_function([inp[GENES], inp[IMAGE]])))
-        return predict, 3 + sum(1 + b.coef_.size for b in stack.bases if b is not None)
+        return predict, 3 + sum(1 + _n_weights(b) for b in stack.bases if b is not None)
     return fit

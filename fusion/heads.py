@@ -20,7 +20,7 @@ from fusion.layers import (
     GatedAttentionPool,
     log_prior,
 )
-from fusion.logistic import fit_logistic, fit_stack
+from fusion.logistic import fit_logistic, fit_stack, linear_weights
 from fusion.registry import GENES, HEADS, IMAGE, HeadSpec, get_head, list_heads, register_head
 
 __all__ = ["GENES", "HEADS", "IMAGE", "HeadSpec", "fit_logistic", "get_head", "list_heads", "register_head",
@@ -171,8 +171,9 @@ class _FusionHead(nn.Module):
                     # separately penalised models are mixed in whatever ratio their penalties left
                     # (measured: stack beat every fusion head on the split cells of fusion_gain).
                     a = float(stack.meta_coef[j])
-                    layer.weight[i, :, 0] = a * torch.from_numpy(model.coef_[0]).float()
-                    layer.bias[i, 0, 0] = a * float(model.intercept_[0])
+                    weights, intercept = linear_weights(model)
+                    layer.weight[i, :, 0] = a * torch.from_numpy(weights).float()
+                    layer.bias[i, 0, 0] = a * intercept
             if not constant:
                 self.genes.logit.bias[i, 0, 0] += stack.meta_intercept
         return constant

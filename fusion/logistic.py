@@ -9,24 +9,52 @@ import numpy as np
 
 from fusion.memo import Memo, digest
 
-# L1 (sparse: a few informative genes among thousands) or L2 (dense signal), and its strength.
+# The candidates fit_logistic chooses among by inner CV: on every input, L1 (sparse: a few informative genes
+# among thousands) or L2 (dense signal) at several strengths; and on inputs wider than k, the k inputs with
+# the largest univariate F statistic (fitted on the rows being fitted, so inside each inner fold too) under a
+# light L2 penalty. The lasso shrinks a few strong genes while it lets noise genes in: on fusion_gain's
+# genes-only cell (200 patients, 20 of 2,000 genes informative) it chose about 60 genes and reached 0.874
+# ROC-AUC where XGBoost reached 0.917 and screening + L2 0.938.
 PENALTIES = (("l1", 0.01), ("l1", 0.03), ("l1", 0.1), ("l1", 0.3), ("l1", 1.0),
-             ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0))
+             ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0),
+             *(("top", k, c) for k in (10, 20, 50, 100, 200) for c in (0.01, 0.1, 1.0)))
 
 
-def _logistic(penalty: tuple[str, float], seed: int):
+def _candidates(n_features: int) -> list[tuple]:
+    return [p for p in PENALTIES if p[0] != "top" or p[1] < n_features]
+
+
+def _logistic(penalty: tuple, seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    kind, c = penalty
-    return LogisticRegression(l1_ratio=1.0 if kind == "l1" else 0.0, C=c, solver="liblinear" if kind == "l1" else "lbfgs",
-                              max_iter=3000, class_weight="balanced", random_state=seed)
+    kind, c = penalty[0], penalty[-1]
+    model = LogisticRegression(l1_ratio=1.0 if kind == "l1" else 0.0, C=c, solver="liblinear" if kind == "l1" else "lbfgs",
+                               max_iter=3000, class_weight="balanced", random_state=seed)
+    if kind != "top":
+        return model
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(SelectKBest(f_classif, k=penalty[1]), model)
+
+
+def linear_weights(model) -> tuple[np.ndarray, float]:
+    """A fitted ``fit_logistic`` model as one weight per input column (0 for a column it does not use) and an
+    intercept: ``x @ weights + intercept`` is its logit."""
+    if hasattr(model, "coef_"):
+        return model.coef_[0].copy(), float(model.intercept_[0])
+    select, logistic = model[0], model[-1]
+    weights = np.zeros(len(select.get_support()))
+    weights[select.get_support()] = logistic.coef_[0]
+    return weights, float(logistic.intercept_[0])
 
 
 _FITTED = Memo(256)  # fit_logistic's results by a digest of all its inputs
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int = 3):
-    """A logistic regression on ``rows``, its penalty chosen by stratified CV log-loss on those rows only.
+    """A logistic regression on ``rows``, its penalty (or gene screening, ``PENALTIES``) chosen by stratified CV
+    log-loss on those rows only.
 
     Returns None unless the chosen model beats the intercept alone (the balanced class prior) by more
     than 1.64 standard errors of the per-patient paired log-loss difference (one-sided 95%): an input
@@ -34,7 +62,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fold
 
     A pure function of its inputs, so its results are kept by a digest of them (``fusion.memo``): the
     fusion heads of a bench warm-start from the same fold inputs, and each would otherwise refit the same
-    27 models.
+    72 models.
     """
     return _FITTED.get(digest(x, y, rows, seed, folds), lambda: _fit_logistic(x, y, rows, seed, folds))
 
@@ -43,9 +71,10 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fol
     from sklearn.model_selection import StratifiedKFold
 
     yr = y[rows]
-    oof = np.zeros((len(PENALTIES), len(rows)))
+    candidates = _candidates(x.shape[1])
+    oof = np.zeros((len(candidates), len(rows)))
     for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, yr):
-        for k, pen in enumerate(PENALTIES):
+        for k, pen in enumerate(candidates):
             oof[k, b] = _logistic(pen, seed).fit(x[rows[a]], yr[a]).predict_proba(x[rows[b]])[:, 1]
     p = np.clip(oof, 1e-7, 1 - 1e-7)
     # Per-patient log-loss with balanced class weights, the loss the models were fitted with.
@@ -55,7 +84,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fol
     gain = weight * np.log(2.0) - loss[best]  # against the balanced intercept-only model, p = 0.5
     if not significant_gain(gain):
         return None
-    return _logistic(PENALTIES[best], seed).fit(x[rows], yr)
+    return _logistic(candidates[best], seed).fit(x[rows], yr)
 
 
 def significant_gain(gain: np.ndarray) -> bool:
