@@ -15,7 +15,7 @@ from fusion.api import CVOptions, bench, cv
 from fusion.cohort import load_cohort
 from fusion.fallback import back_to_warm_start_unless_significant
 from fusion.heads import HEADS
-from fusion.logistic import _logit, fit_stack
+from fusion.logistic import _logit, fit_logistic, fit_stack, linear_weights
 from fusion.metrics import all_metrics, average_precision, roc_auc
 from fusion.simulate import simulate_cohort
 from fusion.splits import make_splits, read_splits, write_splits
@@ -298,6 +298,32 @@ def test_a_fusion_head_starts_from_the_stacked_unimodal_models():
     np.testing.assert_allclose(start, stack.decision_function([genes, means]), rtol=1e-4, atol=1e-4)
     unit = sum(_logit(b, x) for b, x in zip(stack.bases, (genes, means)))
     assert np.abs(start - unit).max() > 0.1  # the check tells the two apart
+
+
+def test_a_screened_gene_model_is_carried_exactly_into_the_fusion_heads_gene_logit():
+    """Where a few of many genes carry the signal, fit_logistic chooses univariate screening + L2 (a pipeline);
+    a fusion head's linear gene logit is that pipeline as one weight per gene, zero off the screened genes."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    genes = rng.standard_normal((200, 1000))
+    genes[:, :8] += 0.8 * y[:, None]
+    everyone = np.arange(200)
+    base = fit_logistic(genes, y, everyone, seed=0)
+    assert hasattr(base, "steps"), f"expected the screened candidate, got {base}"
+    weights, intercept = linear_weights(base)
+    k = base[0].k
+    assert np.count_nonzero(weights) == k < 1000 and set(np.flatnonzero(weights)) == set(np.flatnonzero(base[0].get_support()))
+    np.testing.assert_allclose(genes @ weights + intercept, base.decision_function(genes), rtol=1e-9, atol=1e-9)
+    model = HEADS["late"].build(1, 1000, 3)
+    tokens = np.zeros((200, 2, 3), np.float32)  # an image without signal: the stack's image base is None
+    model.warm_start([genes], [tokens.mean(1)], y, [everyone], seed=0)
+    stack = fit_stack([genes, tokens.mean(1)], y, everyone, seed=0)
+    assert stack.bases[0] is base and stack.bases[1] is None
+    model.eval()
+    with torch.no_grad():
+        start = model(torch.from_numpy(genes).float()[None], torch.from_numpy(tokens)[None],
+                      torch.ones(1, 200, 2, dtype=torch.bool), torch.full((1, 200, 2), 0.5))[0].numpy()
+    np.testing.assert_allclose(start, stack.decision_function([genes, tokens.mean(1)]), rtol=1e-4, atol=1e-4)
 
 
 def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictions():
