@@ -122,8 +122,10 @@ def _modality_bars(check: dict) -> str:
     plt = _plt()
     names = sorted(check)
     drop = [check[m]["roc_auc_drop"] for m in names]
-    lo = [check[m]["roc_auc_drop"] - check[m]["ci95"][0] for m in names]
-    hi = [check[m]["ci95"][1] - check[m]["roc_auc_drop"] for m in names]
+    # Error bar lengths from the point estimate; a percentile CI need not contain it (here it missed by one
+    # ulp where shuffling a noise input moved nothing), and matplotlib refuses a negative length.
+    lo = [max(0.0, check[m]["roc_auc_drop"] - check[m]["ci95"][0]) for m in names]
+    hi = [max(0.0, check[m]["ci95"][1] - check[m]["roc_auc_drop"]) for m in names]
     fig, ax = plt.subplots(figsize=(4.2, 2.4))
     ax.barh(names, drop, xerr=[lo, hi], color=["C2" if check[m]["informative"] else "C7" for m in names], capsize=4)
     ax.axvline(0, color="k", lw=0.8)

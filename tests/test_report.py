@@ -117,3 +117,14 @@ def test_cv_report_renders_and_a_broken_figure_is_caught(cohort, tmp_path):
     page.write_text(text.replace(f'summary.roc_auc.pooled">{roc}<', 'summary.roc_auc.pooled">0.999<'))
     with pytest.raises(AssertionError):
         check_numbers(render(page, tmp_path)[0], lambda p: (metrics, p))
+
+
+def test_modality_plot_draws_a_check_whose_point_estimate_sits_an_ulp_outside_its_ci():
+    """A noise input whose shuffling moves nothing: the drop's point estimate missed its percentile CI by one
+    ulp in a real bench, and the run failed at its report, after training."""
+    from fusion.html_report import _modality_bars
+
+    check = {"genes": {"roc_auc_drop": 0.334, "ci95": [0.220, 0.443], "informative": True},
+             "image": {"roc_auc_drop": -1.1102230246251565e-16, "ci95": [0.0, 1.1102230246251565e-16],
+                       "informative": False}}
+    assert _modality_bars(check).startswith('<img alt="" src="data:image/png;base64,')
