@@ -16,8 +16,8 @@ from fusion.memo import Memo, digest
 # genes-only cell (200 patients, 20 of 2,000 genes informative) it chose about 60 genes and reached 0.874
 # ROC-AUC where XGBoost reached 0.917; with the screened candidates among them, 0.941.
 CANDIDATES = (("l1", 0.01), ("l1", 0.03), ("l1", 0.1), ("l1", 0.3), ("l1", 1.0),
-             ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0),
-             *(("top", k, c) for k in (10, 20, 50, 100, 200) for c in (0.01, 0.1, 1.0)))
+              ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1), ("l2", 1.0),
+              *(("top", k, c) for k in (10, 20, 50, 100, 200) for c in (0.01, 0.1, 1.0)))
 
 
 def _candidates(n_features: int) -> list[tuple]:
@@ -74,8 +74,8 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fol
     candidates = _candidates(x.shape[1])
     oof = np.zeros((len(candidates), len(rows)))
     for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, yr):
-        for k, pen in enumerate(candidates):
-            oof[k, b] = _logistic(pen, seed).fit(x[rows[a]], yr[a]).predict_proba(x[rows[b]])[:, 1]
+        for k, candidate in enumerate(candidates):
+            oof[k, b] = _logistic(candidate, seed).fit(x[rows[a]], yr[a]).predict_proba(x[rows[b]])[:, 1]
     p = np.clip(oof, 1e-7, 1 - 1e-7)
     # Per-patient log-loss with balanced class weights, the loss the models were fitted with.
     weight = len(yr) / (2 * np.bincount(yr, minlength=2).clip(1))[yr]
