@@ -178,10 +178,9 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     }
     kept = getattr(result.model, "trained_kept", None)
     if kept is not None:
-        metrics["trained_kept"] = {"per_model": kept, "rule": (
-            "training kept only where it beats the warm start (the stacked linear models) on the inner validation "
-            "rows by > 1.64 SE of the per-patient loss, both recalibrated (Platt) on those rows, or "
-            "where the warm start is a constant (neither linear model fitted)")}
+        metrics["trained_kept"] = {"per_model": kept, "rule": FALLBACK_RULES[opts.train.fallback]}
+        if getattr(result.model, "fusion_kept", None) is not None:
+            metrics["trained_kept"]["fusion_term_kept"] = result.model.fusion_kept
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
     if leak:
@@ -194,6 +193,18 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
             for i, rec in enumerate(result.fitted):
                 save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
     return CVRun(result, metrics, cohort)
+
+
+# metrics.json's words for TrainConfig.fallback; per_model says which fold models left their warm start.
+_SIGNIFICANT = ("by > 1.64 SE of the per-patient loss on the inner validation rows, both recalibrated (Platt) on "
+                "those rows")
+FALLBACK_RULES = {
+    "fusion": "the unimodal branches kept as early stopping picks them; the fusion term kept only where it beats "
+              "those branches alone " + _SIGNIFICANT,
+    "significant": "training kept only where it beats the warm start (the stacked linear models) " + _SIGNIFICANT
+                   + ", or where the warm start is a constant (neither linear model fitted)",
+    "never": "training kept as early stopping picks it (--fallback never)",
+}
 
 
 LEAK_AUC = 0.6

@@ -1,5 +1,13 @@
-"""The trainer's fallback rule: a fusion head keeps its training only where it ranks the inner-validation
-patients significantly better than the warm start it began from (the stacked unimodal linear models)."""
+"""The trainer's fallback rules: what a fusion head's training has to show on the inner-validation patients
+before it is kept (``TrainConfig.fallback``).
+
+- ``fusion`` (the default): the unimodal branches are kept as early stopping picks them; the fusion term (the
+  second stage, gate open) only where it ranks the patients significantly better than those branches alone.
+- ``significant``: all training must rank them significantly better than the warm start (the stacked unimodal
+  linear models), or the fold goes back to it.
+- ``never``: what early stopping picks, always (the ablation).
+
+``benchmarks/keep_test.py`` measures them against each other; docs/heads.md says why the default is what it is."""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import numpy as np
 import torch
 
 from fusion.logistic import significant_gain
+
+FALLBACKS = ("fusion", "significant", "never")
 
 
 def copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:
@@ -39,15 +49,22 @@ def back_to_warm_start_unless_significant(model, start_state: dict, start_logits
     whatever the test says: a constant ranks nothing, so there is no ranking to protect, and the bar is
     hardest to clear exactly where the signal needs a non-linear model (patterns in a minority of patches)
     and the validation part is small (24 patients in a 200-patient cohort)."""
+    keep = significantly_better(start_logits, trained_logits, y, weight)
+    keep |= torch.tensor(getattr(model, "warm_constant", [False] * len(keep)))
+    copy_models(model.state_dict(), start_state, ~keep)
+    return keep.tolist()
+
+
+def significantly_better(before: torch.Tensor, after: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(M,) whether the logits ``after`` rank the validation patients better than ``before`` by more than 1.64
+    SE of the per-patient difference of recalibrated losses; (M, V) inputs, ``weight`` 0 for padding."""
     keep = []
-    for s, t, yy, w in zip(start_logits, trained_logits, y, weight):
+    for b, a, yy, w in zip(before, after, y, weight):
         v = (w > 0).numpy()
         args = yy.numpy()[v], w.double().numpy()[v]
-        gain = recalibrated_losses(s.double().numpy()[v], *args) - recalibrated_losses(t.double().numpy()[v], *args)
+        gain = recalibrated_losses(b.double().numpy()[v], *args) - recalibrated_losses(a.double().numpy()[v], *args)
         keep.append(significant_gain(gain))
-    keep_t = torch.tensor(keep) | torch.tensor(getattr(model, "warm_constant", [False] * len(keep)))
-    copy_models(model.state_dict(), start_state, ~keep_t)
-    return keep_t.tolist()
+    return torch.tensor(keep, dtype=torch.bool)
 
 
 def recalibrated_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:

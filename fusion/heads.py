@@ -151,12 +151,13 @@ class _FusionHead(nn.Module):
             layer.requires_grad_(False)
 
     def refit_linear(self, genes: list[np.ndarray], bag_means: list[np.ndarray], y: np.ndarray,
-                     rows: list[np.ndarray], seed: int, which: list[int]) -> None:
-        """Refit the stacked linear logits of the models in ``which`` on their ``rows`` (the fold's whole
-        training part): a model that went back to its warm start, the ``stack`` baseline fitted on its
-        inner-training rows only (at 200 patients 136 of the 160 the baselines use), becomes that baseline."""
-        for i in which:
-            self._set_linear(i, fit_stack([genes[i], bag_means[i]], y, rows[i], seed))
+                     rows: list[np.ndarray], seed: int) -> None:
+        """Once training is done, refit each model's stacked linear logits on its ``rows`` (the fold's whole
+        training part). They were fitted on the inner-training rows so that the validation rows could judge
+        training; the baselines use all of them (at 200 patients 160 rows, not 136). A model that is still its
+        warm start then is the ``stack`` baseline."""
+        for i, r in enumerate(rows):
+            self._set_linear(i, fit_stack([genes[i], bag_means[i]], y, r, seed))
 
     def _set_linear(self, i: int, stack) -> bool:
         """Model ``i``'s two linear logits from a fitted stack; returns whether both are zero (a constant)."""

@@ -13,7 +13,7 @@ import featstore
 from featstore.tables import import_labels, read_expression
 from fusion.api import CVOptions, bench, cv
 from fusion.cohort import load_cohort
-from fusion.fallback import back_to_warm_start_unless_significant
+from fusion.fallback import FALLBACKS, back_to_warm_start_unless_significant
 from fusion.heads import HEADS
 from fusion.logistic import _logit, fit_logistic, fit_stack, linear_weights
 from fusion.metrics import all_metrics, average_precision, roc_auc
@@ -330,18 +330,10 @@ def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictio
     """A fold model that goes back to its warm start is refitted on its whole training part, but the validation
     logits its calibration and threshold are fitted on are the warm start's, made while those rows were held
     out, not the refitted model's in-sample ones."""
-    from fusion.train import FoldData, _padded, _predict, train_torch
+    from fusion.train import _padded, _predict, train_torch
 
-    rng = np.random.default_rng(1)
-    p, m = 160, 3
-    y = np.repeat([0, 1], p // 2)
-    genes = rng.standard_normal((m, p, 20)).astype(np.float32)
-    genes[:, :, 0] += 1.5 * y
-    rows = [rng.permutation(p) for _ in range(m)]
-    train, val = [np.sort(r[:100]) for r in rows], [np.sort(r[100:130]) for r in rows]
-    data = FoldData(torch.from_numpy(genes), torch.from_numpy(rng.standard_normal((m, p, 4, 8)).astype(np.float32)),
-                    torch.ones(p, 4, dtype=torch.bool), torch.full((p, 4), 0.25), torch.ones(p, dtype=torch.bool),
-                    torch.ones(p, dtype=torch.bool), train, val, [np.sort(r[130:]) for r in rows])
+    data, y = _gene_signal_noise_image_folds()
+    genes, train, val = data.genes.numpy(), data.train, data.val
     model, _, val_logits = train_torch(HEADS["late"], data, y, TrainConfig(epochs=2, patience=1))
     back = [i for i, kept in enumerate(model.trained_kept) if not kept]
     assert back, model.trained_kept
@@ -355,6 +347,48 @@ def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictio
         np.testing.assert_allclose(refitted[i].numpy(), whole.decision_function([genes[i], means])[val[i]],
                                    rtol=1e-4, atol=1e-4)
         assert np.abs(refitted[i].numpy() - held_out).max() > 1e-3  # the two are told apart
+
+
+def _gene_signal_noise_image_folds(models: int = 3):
+    """Fold models on 160 patients: one informative gene among 20, image bags of pure noise."""
+    from fusion.train import FoldData
+
+    rng = np.random.default_rng(1)
+    p, m = 160, models
+    y = np.repeat([0, 1], p // 2)
+    genes = rng.standard_normal((m, p, 20)).astype(np.float32)
+    genes[:, :, 0] += 1.5 * y
+    rows = [rng.permutation(p) for _ in range(m)]
+    data = FoldData(torch.from_numpy(genes), torch.from_numpy(rng.standard_normal((m, p, 4, 8)).astype(np.float32)),
+                    torch.ones(p, 4, dtype=torch.bool), torch.full((p, 4), 0.25), torch.ones(p, dtype=torch.bool),
+                    torch.ones(p, dtype=torch.bool), [np.sort(r[:100]) for r in rows],
+                    [np.sort(r[100:130]) for r in rows], [np.sort(r[130:]) for r in rows])
+    return data, y
+
+
+def test_the_fallback_rules_differ_only_in_what_they_send_back():
+    """Training is the same under every rule (same seed); they differ only in what a fold keeps afterwards.
+    never: what early stopping picked. significant: that, or the warm start refitted. fusion (the default): that,
+    or the unimodal branches as they were when the fusion stage began (gate back at exactly 0)."""
+    from fusion.train import _padded, _predict, train_torch
+
+    data, y = _gene_signal_noise_image_folds(models=6)
+    test_idx, _ = _padded(data.test)
+    runs = {rule: train_torch(HEADS["concat"], data, y, TrainConfig(epochs=12, patience=4, fallback=rule))[0]
+            for rule in FALLBACKS}
+    logits = {rule: _predict(model, data, test_idx) for rule, model in runs.items()}
+    same = {rule: [torch.allclose(logits["never"][i], logits[rule][i]) for i in range(6)] for rule in FALLBACKS}
+    moved = runs["never"].trained_kept  # a fold early stopping never moved is its warm start (refitted) under all
+    assert same["significant"] == [k or not mv for k, mv in zip(runs["significant"].trained_kept, moved)]
+    gate = runs["fusion"].gate.detach().flatten()
+    assert runs["fusion"].trained_kept == runs["never"].trained_kept
+    reverted = [i for i in range(6) if runs["never"].gate[i] != 0 and not runs["fusion"].fusion_kept[i]]
+    for i in range(6):
+        assert runs["fusion"].fusion_kept[i] == bool(gate[i] != 0), (i, gate)
+        assert same["fusion"][i] == (i not in reverted), (i, reverted)
+    assert reverted and not all(same["significant"]), "the rules were not told apart"
+    with pytest.raises(ValueError, match="fallback must be one of fusion, significant, never"):
+        TrainConfig(fallback="sometimes")
 
 
 def test_a_constant_warm_start_is_no_fallback_for_early_stopping():
