@@ -17,6 +17,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -83,7 +84,7 @@ def main() -> None:
         rows = [row for job in jobs for row in job.result()]
     minutes = (time.perf_counter() - t0) / 60
     lines = [f"# Fallback rules of the fusion heads ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/keep_test.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`: "
+             f"`{shlex.join(['python', 'benchmarks/keep_test.py', *sys.argv[1:]])}`: "
              f"{platform.processor() or platform.machine()}, {cores} cores, {minutes:.1f} min. SIMULATED cohorts "
              f"of fusion_gain.py ({args.patients} patients, seed 0), 5-fold CV, heads uncalibrated. Pooled "
              "out-of-fold ROC-AUC under each rule; each other rule's difference to `fusion` (the default) with a "

@@ -13,6 +13,7 @@ import featstore
 from featstore.errors import StoreError
 from fusion.calibration import operating_point, reliability
 from fusion.cohort import Cohort, load_cohort
+from fusion.fallback import FALLBACKS
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.html_report import write_bench_report, write_cv_report
 from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
@@ -178,7 +179,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     }
     kept = getattr(result.model, "trained_kept", None)
     if kept is not None:
-        metrics["trained_kept"] = {"per_model": kept, "rule": FALLBACK_RULES[opts.train.fallback]}
+        metrics["trained_kept"] = {"per_model": kept, "rule": FALLBACKS[opts.train.fallback]}
         if getattr(result.model, "fusion_kept", None) is not None:
             metrics["trained_kept"]["fusion_term_kept"] = result.model.fusion_kept
     if result.permuted:
@@ -193,18 +194,6 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
             for i, rec in enumerate(result.fitted):
                 save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
     return CVRun(result, metrics, cohort)
-
-
-# metrics.json's words for TrainConfig.fallback; per_model says which fold models left their warm start.
-_SIGNIFICANT = ("by > 1.64 SE of the per-patient loss on the inner validation rows, both recalibrated (Platt) on "
-                "those rows")
-FALLBACK_RULES = {
-    "fusion": "the unimodal branches kept as early stopping picks them; the fusion term kept only where it beats "
-              "those branches alone " + _SIGNIFICANT,
-    "significant": "training kept only where it beats the warm start (the stacked linear models) " + _SIGNIFICANT
-                   + ", or where the warm start is a constant (neither linear model fitted)",
-    "never": "training kept as early stopping picks it (--fallback never)",
-}
 
 
 LEAK_AUC = 0.6

@@ -16,7 +16,15 @@ import torch
 
 from fusion.logistic import significant_gain
 
-FALLBACKS = ("fusion", "significant", "never")
+_SIGNIFICANT = "by > 1.64 SE of the per-patient loss on the inner validation rows, both recalibrated (Platt) on them"
+# Each rule in the words metrics.json gives it.
+FALLBACKS = {
+    "fusion": "the unimodal branches kept as early stopping picks them; the fusion term kept only where it beats "
+              "those branches alone " + _SIGNIFICANT,
+    "significant": "training kept only where it beats the warm start (the stacked linear models) " + _SIGNIFICANT
+                   + ", or where the warm start is a constant (neither linear model fitted)",
+    "never": "training kept as early stopping picks it",
+}
 
 
 def copy_models(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], which: torch.Tensor) -> None:

@@ -275,10 +275,10 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         moved = torch.tensor(back_to_warm_start_unless_significant(
             model, start_state, start_logits, _predict(model, data, val_idx), yt[val_idx], val_weight))
     elif cfg.fallback == "fusion" and unimodal is not None:
-        # The fusion term is what fits one modality's noise through the other (measured on null bags: bilinear
-        # -0.020, concat -0.012 ROC-AUC kept untested), while the unimodal branches kept as early stopping picks
-        # them cost at most 0.005 there; and the whole of training tested against the warm start threw away
-        # real attention gains of +0.03 (benchmarks/keep_test.md). So only the fusion term is put to the test.
+        # The fusion term is what fits one modality's noise through the other (kept untested on null bags:
+        # bilinear -0.020, concat -0.012 ROC-AUC), while the unimodal branches kept as early stopping picks them
+        # cost at most 0.005 there; testing the whole of training against the warm start threw away real
+        # attention gains of +0.03 (docs/heads.md). So only the fusion term is put to the test.
         keep = significantly_better(unimodal[1], _predict(model, data, val_idx), yt[val_idx], val_weight) | ~fused
         copy_models(model.state_dict(), unimodal[0], ~keep)
         model.fusion_kept = (fused & keep).tolist()
