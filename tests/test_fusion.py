@@ -327,9 +327,9 @@ def test_a_screened_gene_model_is_carried_exactly_into_the_fusion_heads_gene_log
 
 
 def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictions():
-    """A fold model that goes back to its warm start is refitted on its whole training part, but the validation
-    logits its calibration and threshold are fitted on are the warm start's, made while those rows were held
-    out, not the refitted model's in-sample ones."""
+    """Every fold model's linear logits are refitted on its whole training part once training is done, so one that
+    went back to its warm start is the stack baseline; but the validation logits its calibration and threshold
+    are fitted on are the warm start's, made while those rows were held out, not the refitted model's."""
     from fusion.train import _padded, _predict, train_torch
 
     data, y = _gene_signal_noise_image_folds()
@@ -347,6 +347,14 @@ def test_a_model_that_goes_back_is_refitted_and_calibrated_on_held_out_predictio
         np.testing.assert_allclose(refitted[i].numpy(), whole.decision_function([genes[i], means])[val[i]],
                                    rtol=1e-4, atol=1e-4)
         assert np.abs(refitted[i].numpy() - held_out).max() > 1e-3  # the two are told apart
+    # Every fold's linear logits are refitted on the whole training part, the folds that kept training too.
+    assert len(back) < len(train), model.trained_kept
+    with torch.no_grad():
+        linear = (model.genes.logit(data.genes) + model.image_linear(data.tokens.mean(2)))[..., 0].numpy()
+    for i in range(len(train)):
+        means = data.tokens[i].mean(1).numpy()
+        whole = fit_stack([genes[i], means], y, np.concatenate([train[i], val[i]]), seed=0)
+        np.testing.assert_allclose(linear[i], whole.decision_function([genes[i], means]), rtol=1e-4, atol=1e-4)
 
 
 def _gene_signal_noise_image_folds(models: int = 3):
