@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import featstore
-from featstore.cli_common import StoreArg, console, err, fail, guard, print_notes, root_options
+from featstore.cli_common import StoreArg, console, err, fail, guard, print_notes, root_options, writable_output
 
 featstore_app = typer.Typer(help="Frozen patch embeddings of whole-slide images, gene tables and labels in one store.",
                             no_args_is_help=True, pretty_exceptions_enable=False)
@@ -35,7 +35,7 @@ def import_genes(
 
     # Read and check the table first: a bad or missing file never creates the store.
     t, notes = read_expression(table, samples_as=samples_as, transform=transform, primary_only=not all_samples)
-    with featstore.open(store, "a") as s:
+    with featstore.writing(store) as s:
         s.write_expression(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.sample_ids)} samples x {len(t.gene_ids)} genes, "
                   f"{len(set(t.patient_ids))} patients")
@@ -59,7 +59,7 @@ def import_labels(
 
     t, notes = read_labels(table, id_column=id_column, label_column=label_column,
                            label_map=None if label_map == "none" else label_map)
-    with featstore.open(store, "a") as s:
+    with featstore.writing(store) as s:
         s.write_labels(name, t, overwrite=overwrite)
     console.print(f"[green]imported[/] {table.name} -> {store}:{name}: {len(t.patient_ids)} patients")
     print_notes(notes)
@@ -72,18 +72,16 @@ def import_features(
     store: StoreArg,
     name: Annotated[str, typer.Option(help="Feature set name")],
     encoder: Annotated[str, typer.Option(help="Encoder that made the features (recorded)")] = "unknown",
+    dtype: Annotated[str, typer.Option(help="Stored type of the features: float16 | float32")] = "float16",
 ) -> None:
     """Import per-slide feature files in the CLAM/TRIDENT layout (datasets 'features' and 'coords')."""
-    from featstore.interop import import_features as api
+    from featstore.interop import read_feature_files, write_features
 
-    existed = store.exists()
-    try:
-        with featstore.open(store, "a") as s:
-            ids = api(s, paths, name, encoder=encoder)
-    except Exception:
-        if not existed:  # every file is checked before anything is written: the new store is still empty
-            featstore.store.remove_store(store)
-        raise
+    if dtype not in ("float16", "float32"):
+        fail(f"--dtype must be float16 or float32, got {dtype!r}")
+    loaded = read_feature_files(paths, dtype)  # every file read and checked before the store is opened
+    with featstore.writing(store) as s:
+        ids = write_features(s, loaded, name, encoder)
     console.print(f"[green]imported[/] {len(ids)} slides into feature set {name!r}")
 
 
@@ -100,6 +98,7 @@ def export(
 
     if format != "clam":
         fail(f"unknown export format {format!r}; supported: clam")
+    writable_output(out, folder=True)
     with featstore.open(store) as s:
         files = export_clam(s, name, out)
     console.print(f"[green]exported[/] {len(files)} slides to {out}")

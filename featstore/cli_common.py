@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -36,12 +37,30 @@ def guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (FeatstoreError, FileNotFoundError, KeyError, ValueError) as exc:
+        except (FeatstoreError, OSError, KeyError, ValueError) as exc:  # OSError: a path the system refuses
             if _RUN["debug"]:
                 raise
             # KeyError's str() adds quotes of its own; every other message is printed as it is.
             fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     return wrapper
+
+
+def writable_output(path: Path | None, folder: bool, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work is done (a run that trains for
+    minutes and then cannot write its results has lost them)."""
+    if path is None:
+        return
+    if folder and path.exists() and not path.is_dir():
+        fail(f"{flag} {path} is a file; give a folder (it is created if absent)")
+    if not folder and path.is_dir():
+        fail(f"{flag} {path} is a folder; give a file name")
+    parent = path if folder else path.parent
+    while not parent.exists():  # the nearest existing ancestor is where the first folder will be made
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{flag} {path}: {parent} is a file, so nothing can be written below it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: {parent} is not writable")
 
 
 def root_options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error")] = False,

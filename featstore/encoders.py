@@ -150,6 +150,11 @@ def build_encoder(name: str, weights: str = "random", seed: int = 0) -> Encoder:
     else:
         # Drop the classifier so a backbone-only state dict loads too; everything else must match.
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = backbone.state_dict()
+        wrong = [f"{k}: {tuple(v.shape)}, the encoder's {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            raise WeightsError(f"weights do not fit {name!r}: {len(wrong)} tensors have another shape (e.g. {wrong[:3]})")
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:

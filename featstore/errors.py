@@ -23,6 +23,10 @@ class AlreadyCommittedError(StoreError):
     """Another run committed the same slide first; ours is dropped and theirs kept."""
 
 
+class NodeExistsError(StoreError):
+    """An object was to be committed where one already is (another run's, or one not to be replaced)."""
+
+
 class StoreLockedError(StoreError):
     """Another process holds the write lock of an HDF5 store."""
 

@@ -9,9 +9,12 @@ import h5py
 import numpy as np
 
 from featstore.barcodes import patient_of
+from featstore.errors import AlreadyCommittedError
 from featstore.provenance import config_hash, file_fingerprint
 from featstore.store import Store, check_name, now_iso
 from featstore.tables import InputError
+
+MAX_COORD = 2**31 - 1  # level-0 pixels; the largest slides are about 2^18 wide
 
 
 def _read_clam_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -40,15 +43,48 @@ def _read_clam_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
                          "patch and one feature")
     if not np.isfinite(feats).all():
         raise InputError(f"{path}: features contain NaN or Inf (first at row {int(np.argwhere(~np.isfinite(feats))[0][0])})")
-    if not np.isfinite(coords).all() or (coords != np.round(coords)).any() or (coords < 0).any():
-        row = int(np.argwhere(~np.isfinite(coords) | (coords != np.round(coords)) | (coords < 0))[0][0])
-        raise InputError(f"{path}: coords must be whole, non-negative level-0 pixels; row {row} is {coords[row].tolist()}")
+    # Bounded before the cast to int64, where uint64 or float values past its range would wrap to negatives.
+    bad = ~np.isfinite(coords) | (coords != np.round(coords)) | (coords < 0) | (coords > MAX_COORD)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise InputError(f"{path}: coords must be whole, non-negative level-0 pixels; row {row} is "
+                         f"{coords[row].tolist()} (at most 2^31 - 1)")
     return feats, coords.astype(np.int64), attrs
 
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else (v.tolist() if isinstance(v, np.ndarray) else
                                                         (v.decode() if isinstance(v, bytes) else v))
+
+
+def read_feature_files(paths: list[str | Path], dtype: str = "float16") -> list[tuple]:
+    """Read and check per-slide CLAM/TRIDENT ``.h5`` files (files, or folders of them) before anything is
+    written: (slide id, features as stored, coords, source attributes, file) for each."""
+    files: dict[Path, None] = {}
+    for p in map(Path, paths):
+        found = sorted(p.glob("*.h5")) if p.is_dir() else [p]
+        files.update((f.resolve(), None) for f in found)  # the same file named twice is read once
+    if not files:
+        raise InputError(f"no .h5 files found in {', '.join(map(str, paths))}")
+    loaded, source = [], {}
+    for f in files:
+        sid = check_name(f.stem, "slide id")
+        if sid in source:  # never resolved by whichever file came last
+            raise InputError(f"{source[sid]} and {f} would both be slide {sid!r}; import them into separate feature "
+                             "sets, or rename one")
+        source[sid] = f
+        feats, coords, attrs = _read_clam_file(f)
+        with np.errstate(over="ignore"):
+            stored = feats.astype(dtype)
+        if not np.isfinite(stored).all():  # finite as read, but beyond the stored type's range
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(stored))[0])
+            raise InputError(f"{f}: feature row {r}, column {c} ({float(feats[r, c])!r}) overflows {dtype}, the stored "
+                             "type (import with --dtype float32)")
+        loaded.append((sid, stored, coords, attrs, f))
+    dims = {x[1].shape[1] for x in loaded}
+    if len(dims) > 1:
+        raise InputError(f"files disagree on feature dimension: {sorted(dims)}")
+    return loaded
 
 
 def import_features(
@@ -59,33 +95,25 @@ def import_features(
 
     Every file is checked before anything is written, so one bad file leaves the store untouched.
     """
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(p.glob("*.h5")) if p.is_dir() else [p]
-    if not files:
-        raise InputError(f"no .h5 files found in {', '.join(map(str, paths))}")
-    loaded = []
-    for f in files:
-        feats, coords, attrs = _read_clam_file(f)
-        with np.errstate(over="ignore"):
-            stored = feats.astype(dtype)
-        if not np.isfinite(stored).all():  # finite as read, but beyond the stored type's range
-            r, c = (int(v) for v in np.argwhere(~np.isfinite(stored))[0])
-            raise InputError(f"{f}: feature row {r}, column {c} ({float(feats[r, c])!r}) overflows {dtype}, the stored "
-                             "type (import with dtype float32)")
-        loaded.append((check_name(f.stem, "slide id"), stored, coords, attrs, f))
-    dims = {x[1].shape[1] for x in loaded}
-    if len(dims) > 1:
-        raise InputError(f"files disagree on feature dimension: {sorted(dims)}")
-    config = {"source": "import", "format": "clam", "encoder": encoder, "dim": dims.pop(), "dtype": dtype}
+    return write_features(store, read_feature_files(paths, dtype), name, encoder, patient_map)
+
+
+def write_features(store: Store, loaded: list[tuple], name: str, encoder: str = "unknown",
+                   patient_map: dict[str, str] | None = None) -> list[str]:
+    """Commit what :func:`read_feature_files` read as the feature set ``name``, slide by slide."""
+    config = {"source": "import", "format": "clam", "encoder": encoder, "dim": loaded[0][1].shape[1],
+              "dtype": str(loaded[0][1].dtype)}
     store.create_feature_set(name, config, config_hash(config))
     store.mark_import(name, [x[0] for x in loaded])
     for sid, stored, coords, attrs, f in loaded:
-        store.write_slide(name, sid, stored, coords, None, {
-            "patient_id": (patient_map or {}).get(sid, patient_of(sid)),
-            "provenance": {"imported_from": str(f), "file": file_fingerprint(f), "source_attrs": attrs,
-                           "imported": now_iso()},
-        })
+        try:
+            store.write_slide(name, sid, stored, coords, None, {
+                "patient_id": (patient_map or {}).get(sid, patient_of(sid)),
+                "provenance": {"imported_from": str(f), "file": file_fingerprint(f), "source_attrs": attrs,
+                               "imported": now_iso()},
+            })
+        except AlreadyCommittedError:  # an import running beside this one committed it first: theirs stands
+            pass
     store.mark_import(name, [])
     return [x[0] for x in loaded]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-MAX_NAME = 200
+MAX_NAME = 200  # bytes in UTF-8
 _RESERVED = {"zarr.json"}  # the metadata document of every Zarr v3 node
 
 
@@ -14,8 +14,11 @@ def check_name(name: str, what: str) -> str:
         raise ValueError(f"{what} {name!r} must be a non-empty string without surrounding spaces")
     if "/" in name or "\\" in name or name.startswith((".", "_")):
         raise ValueError(f"{what} {name!r} may not contain '/' or start with '.' or '_'")
-    if len(name) > MAX_NAME:
-        raise ValueError(f"{what} {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME}")
+    # Bytes, not characters: a name is a path component, and file systems bound those at 255 bytes (the
+    # export adds a suffix to it; staging paths never hold it).
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        raise ValueError(f"{what} {name[:40]!r}... is {len(name.encode('utf-8', 'surrogatepass'))} bytes long in UTF-8; "
+                         f"at most {MAX_NAME}")
     if name in _RESERVED or not name.isprintable():
         raise ValueError(f"{what} {name!r} is reserved by the store layout or holds unprintable characters")
     return name

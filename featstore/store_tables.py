@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import NodeExistsError, StoreError
 from featstore.names import check_name
 from featstore.records import ExpressionTable, LabelTable
 
@@ -12,18 +12,26 @@ from featstore.records import ExpressionTable, LabelTable
 class StoreTables:
     """The tables of :class:`featstore.store.Store` (a mixin: it uses the store's backend and commits)."""
 
-    def _check_table_name(self, name: str, kind: str, overwrite: bool) -> str:
+    def _check_table_name(self, name: str, kind: str, overwrite: bool) -> None:
         check_name(name, "table name")
         path = f"tables/{name}"
-        if self._backend.has(path):
+        if self._locate(path):
             if not overwrite:
-                raise StoreError(f"store {self.path} already has a table {name!r}; pass --overwrite to replace it")
-            if self._backend.attrs(path).get("kind") != kind:
+                raise StoreError(self._taken(name))
+            if self._attrs(path).get("kind") != kind:
                 raise StoreError(f"table {name!r} in {self.path} is not a {kind} table; refusing to replace it")
-        return path
+
+    def _taken(self, name: str) -> str:
+        return f"store {self.path} already has a table {name!r}; pass --overwrite to replace it"
+
+    def _commit_table(self, name: str, arrays: dict, attrs: dict, overwrite: bool) -> None:
+        try:
+            self._commit_arrays(f"tables/{name}", arrays, attrs, replace=overwrite)
+        except NodeExistsError:  # another run committed one under this name since we checked
+            raise StoreError(self._taken(name)) from None
 
     def write_expression(self, name: str, table: ExpressionTable, overwrite: bool = False) -> None:
-        path = self._check_table_name(name, "expression", overwrite)
+        self._check_table_name(name, "expression", overwrite)
         with np.errstate(over="ignore", invalid="ignore"):
             values = np.asarray(table.values, dtype=np.float32)
         n, g = values.shape
@@ -35,13 +43,13 @@ class StoreTables:
                                     ("sample_types", table.sample_types, n), ("gene_ids", table.gene_ids, g)):
             if len(ids) != expected:
                 raise ValueError(f"expression {name!r}: {what} has {len(ids)} entries, values imply {expected}")
-        self._commit_arrays(path, {
+        self._commit_table(name, {
             "values": values,
             "sample_ids": np.asarray(table.sample_ids, dtype=str),
             "gene_ids": np.asarray(table.gene_ids, dtype=str),
             "patient_ids": np.asarray(table.patient_ids, dtype=str),
             "sample_types": np.asarray(table.sample_types, dtype=str),
-        }, {"kind": "expression", "provenance": table.provenance, "shape": [n, g]})
+        }, {"kind": "expression", "provenance": table.provenance, "shape": [n, g]}, overwrite)
 
     def read_expression(self, name: str | None = None) -> ExpressionTable:
         name = self.resolve("expression", name)
@@ -55,18 +63,18 @@ class StoreTables:
             gene_ids=read("gene_ids").tolist(),
             patient_ids=read("patient_ids").tolist(),
             sample_types=read("sample_types").tolist(),
-            provenance=self._backend.attrs(base).get("provenance", {}),
+            provenance=self._attrs(base).get("provenance", {}),
         )
 
     def write_labels(self, name: str, table: LabelTable, overwrite: bool = False) -> None:
-        path = self._check_table_name(name, "labels", overwrite)
+        self._check_table_name(name, "labels", overwrite)
         if not len(table.patient_ids) == len(table.labels) == len(table.raw_labels):
             raise ValueError(f"labels {name!r}: patient_ids, labels and raw_labels differ in length")
-        self._commit_arrays(path, {
+        self._commit_table(name, {
             "patient_ids": np.asarray(table.patient_ids, dtype=str),
             "labels": np.asarray(table.labels, dtype=str),
             "raw_labels": np.asarray(table.raw_labels, dtype=str),
-        }, {"kind": "labels", "provenance": table.provenance, "shape": [len(table.patient_ids)]})
+        }, {"kind": "labels", "provenance": table.provenance, "shape": [len(table.patient_ids)]}, overwrite)
 
     def read_labels(self, name: str | None = None) -> LabelTable:
         name = self.resolve("labels", name)
@@ -78,10 +86,10 @@ class StoreTables:
             patient_ids=read("patient_ids").tolist(),
             labels=read("labels").tolist(),
             raw_labels=read("raw_labels").tolist(),
-            provenance=self._backend.attrs(base).get("provenance", {}),
+            provenance=self._attrs(base).get("provenance", {}),
         )
 
     def table_info(self, name: str) -> dict:
         if name not in self.tables():
             raise StoreError(f"store {self.path} has no table {name!r}")
-        return self._backend.attrs(f"tables/{name}")
+        return self._attrs(f"tables/{name}")

@@ -11,6 +11,7 @@ import gzip
 import io
 import math
 import re
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,8 @@ def read_rows(path: str | Path) -> tuple[list[str], list[list[str]]]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
                          "save it as UTF-8") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"{path}: the gzip file is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
     if not text.strip():
         raise InputError(f"{path}: the file is empty")
     delim = _delimiter(path, text.split("\n", 1)[0])
@@ -106,6 +109,10 @@ def read_expression(
         raise InputError(f"{path}: need an id column and at least one data column and row")
     row_ids = [r[0].strip() for r in body]
     col_ids = [h.strip() for h in header[1:]]
+    if "" in row_ids:  # an id is what joins a sample to its patient, or a gene to a model's: never blank
+        raise InputError(f"{path}: row {row_ids.index('') + 2} has an empty id in its first column")
+    if "" in col_ids:
+        raise InputError(f"{path}: column {col_ids.index('') + 2} has an empty name in the header")
     notes: list[str] = []
     if samples_as == "auto":
         rows_bc, cols_bc = _looks_like_sample(row_ids), _looks_like_sample(col_ids)
@@ -149,7 +156,7 @@ def read_expression(
 
     patients = [patient_of(s) for s in sample_ids]
     types = [(parse_barcode(s).sample_type or "") if parse_barcode(s) else "" for s in sample_ids]
-    keep = _one_sample_per_patient(sample_ids, patients, types, notes) if primary_only else list(range(len(sample_ids)))
+    keep = one_sample_per_patient(sample_ids, patients, types, notes) if primary_only else list(range(len(sample_ids)))
     with np.errstate(over="ignore"):
         stored = values[keep].astype(np.float32)
     if not np.isfinite(stored).all():  # finite as parsed (float64), but beyond float32's range
@@ -212,7 +219,7 @@ def _is_tumour(sample_type: str) -> bool:
     return not sample_type or (sample_type.isdigit() and 1 <= int(sample_type) <= 9)
 
 
-def _one_sample_per_patient(samples: list[str], patients: list[str], types: list[str], notes: list[str]) -> list[int]:
+def one_sample_per_patient(samples: list[str], patients: list[str], types: list[str], notes: list[str]) -> list[int]:
     """Keep one tumour sample per patient: the primary tumour (01) when there is one, else the lowest tumour
     type. A patient with only normal-tissue or control samples is dropped: its expression is not the
     tumour's, and it would carry the tumour's label."""
@@ -237,6 +244,15 @@ def _one_sample_per_patient(samples: list[str], patients: list[str], types: list
                      f"taken for a tumour ({', '.join(sorted(normal_only)[:5])}{', ...' if len(normal_only) > 5 else ''}; "
                      "--all-samples keeps every sample)")
     return sorted(keep)
+
+
+def patient_rows(table: ExpressionTable) -> tuple[dict[str, int], list[str]]:
+    """Each patient's row of an expression table: its one tumour sample, chosen by the rule import uses,
+    where a table imported with ``--all-samples`` holds several (a normal sample is never taken for the
+    tumour); and notes on what was passed over."""
+    notes: list[str] = []
+    keep = one_sample_per_patient(table.sample_ids, table.patient_ids, table.sample_types, notes)
+    return {table.patient_ids[k]: k for k in keep}, notes
 
 
 # PAM50 calls as the sources spell them (TCGA/PanCanAtlas, cBioPortal BRCA_LumA, genefu "Luminal A",
@@ -308,7 +324,7 @@ def read_labels(
             continue
         prev = chosen.get(patient)
         if prev is not None:
-            if prev[0] and primary and prev[2] != call:
+            if prev[0] == primary and prev[2] != call:  # two rows of one rank: never whichever came last
                 raise InputError(
                     f"{path}: patient {patient} has conflicting labels {prev[2]!r} (row {prev[1]}) and "
                     f"{call!r} (row {i})"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from featstore import integrity
@@ -14,52 +12,74 @@ class StoreChecks:
     """The checks half of :class:`featstore.store.Store` (mixed in; it reads through the store's backend)."""
 
     def validate(self, deep: bool = False) -> list[str]:
-        """Check every committed object; return the list of problems, one line each naming the slide or table
-        and the array (empty when the store is sound). Every chunk must be on disk (Zarr); ``deep`` also
-        re-hashes every array against the digest recorded at commit."""
+        """Check every object the store holds; return the list of problems, one line each naming the slide or
+        table and the array (empty when the store is sound). Every object on disk is listed, those that lost
+        their metadata and those a dead writer left aside included; every chunk must be on disk (Zarr);
+        ``deep`` also re-hashes every array against the digest recorded at commit."""
         problems: list[str] = []
-        be = self._backend
-        for node, where in self._committed_nodes(problems):
-            problems += self._check_integrity(node, where, deep)
-        for fs in self.feature_sets():
-            info = be.attrs(f"features/{fs}")
-            for key in ("config", "config_hash"):
-                if key not in info:
-                    problems.append(f"feature set {fs}: attribute {key!r} missing")
-            if why := self.interrupted_import(fs):
-                problems.append(why)
-            dim = None
-            for sid in self.slides(fs):
-                base = f"features/{fs}/slides/{sid}"
-                where = f"feature set {fs}, slide {sid}"
-                try:
-                    dim = self._check_slide(base, where, dim, problems)
-                except Exception as exc:  # a decoder's error on a garbled chunk: a problem line, not a traceback
-                    problems.append(f"{where}: cannot be read ({type(exc).__name__}: {exc})")
-        for name in self.tables():
-            base = f"tables/{name}"
+        nodes = self.inventory(problems)
+        for kind, node, where in nodes:
+            if kind != "feature set":
+                problems += self._check_integrity(node, where, deep)
+        dims: dict[str, int | None] = {}
+        for kind, node, where in nodes:
             try:
-                self._check_table(name, base, problems)
-            except Exception as exc:
-                problems.append(f"table {name}: cannot be read ({type(exc).__name__}: {exc})")
+                if kind == "feature set":
+                    info = self._backend.attrs(node)
+                    problems += [f"{where}: attribute {key!r} missing" for key in ("config", "config_hash") if key not in info]
+                    if why := self.interrupted_import(where.removeprefix("feature set "), running_too=False):
+                        problems.append(why)
+                elif kind == "slide":
+                    fs = node.split("/")[1]
+                    dims[fs] = self._check_slide(node, where, dims.get(fs), problems)
+                elif kind == "table":
+                    self._check_table(where.removeprefix("table "), node, problems)
+            except Exception as exc:  # a decoder's error on a garbled chunk: a problem line, not a traceback
+                problems.append(f"{where}: cannot be read ({type(exc).__name__}: {exc})")
         return list(dict.fromkeys(problems))
 
-    def _committed_nodes(self, problems: list[str]) -> Iterator[tuple[str, str]]:
-        """Every committed slide, table and view; a Zarr slide folder that lost its zarr.json is a problem."""
-        for fs in self.feature_sets():
-            if self.backend_name == "zarr":
-                folder = self.path / "features" / fs / "slides"
-                listed = set(self.slides(fs))
-                for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-                    if d.is_dir() and d.name not in listed:
-                        problems.append(f"feature set {fs}, slide {d.name}: zarr.json missing, the slide's metadata "
-                                        "is lost (delete the folder and extract the slide again)")
-            for sid in self.slides(fs):
-                yield f"features/{fs}/slides/{sid}", f"feature set {fs}, slide {sid}"
-        for name in self.tables():
-            yield f"tables/{name}", f"table {name}"
-        for key in self.views():
-            yield f"views/{key}", f"view {key}"
+    def inventory(self, problems: list[str]) -> list[tuple[str, str, str]]:
+        """Every object the store holds, as (kind, where it is read from, the words that name it): feature sets,
+        slides, failure records, tables and views, those moved aside by a replacement included. The one
+        place that lists the store from disk; a folder without its zarr.json, and an object a dead writer
+        left aside, are added to ``problems``."""
+        be = self._backend
+        asides = self.asides()
+        live = {path.split("/")[1] for path in asides.values() if self._owner_alive(path.split("/")[1])}
+        out: list[tuple[str, str, str]] = []
+
+        def walk(parent: str, kind: str, words: str, descend=None) -> None:
+            entries = be.entries(parent)
+            for name, node_type in entries.items():
+                if node_type is None:
+                    problems.append(f"{words}{name}: zarr.json missing, its metadata is lost (every reader refuses "
+                                    f"it; remove the folder {parent}/{name} and write it again)")
+            names = {n for n, t in entries.items() if t == "group"}
+            names |= {f.rsplit("/", 1)[1] for f in asides if f.rsplit("/", 1)[0] == parent}
+            for name in sorted(names):
+                final = f"{parent}/{name}"
+                node = asides.get(final, final) if not be.has(final) else final
+                if node != final and node.split("/")[1] not in live:
+                    problems.append(f"{words}{name}: a replacement was interrupted and left the old object aside "
+                                    f"({node}); readers still find it there, and the next command that writes to "
+                                    "this store puts it back")
+                out.append((kind, node, f"{words}{name}"))
+            if descend:
+                for name in sorted(entries):  # lost ones too: what they hold is still checked
+                    descend(name)
+
+        for top, node_type in be.entries("").items():
+            if node_type is None:
+                problems.append(f"group {top}: zarr.json missing (remove nothing: write any object to restore it)")
+
+        def feature_set(fs: str) -> None:
+            walk(f"features/{fs}/slides", "slide", f"feature set {fs}, slide ")
+            walk(f"features/{fs}/failed", "failure record", f"feature set {fs}, failure record ")
+
+        walk("features", "feature set", "feature set ", feature_set)
+        walk("tables", "table", "table ")
+        walk("views", "view", "view ")
+        return out
 
     def _check_integrity(self, node: str, where: str, deep: bool) -> list[str]:
         digests = self._backend.attrs(node).get("digests")

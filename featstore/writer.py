@@ -10,7 +10,7 @@ import numpy as np
 
 from featstore import integrity
 from featstore.backends import row_chunks
-from featstore.errors import AlreadyCommittedError
+from featstore.errors import AlreadyCommittedError, NodeExistsError
 from featstore.records import now_iso
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class SlideWriter:
         be = store._backend
         # The commit this writer may replace (a redo of a changed slide); any other commit that appears at
         # the final path meanwhile is a concurrent run's, and is kept.
-        self._replaces = be.attrs(final_path).get("commit_id") if be.has(final_path) else None
+        self._replaces = store._attrs(final_path).get("commit_id") if store._locate(final_path) else None
         self._stage = store._new_staging()
         self._rows = row_chunks(n, dim * np.dtype(dtype).itemsize)
         self._features = be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim))
@@ -99,16 +99,17 @@ class SlideWriter:
         be = self._store._backend
         be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests,
                                    "commit_id": uuid.uuid4().hex})
-        current = be.attrs(self._final).get("commit_id") if be.has(self._final) else None
+        current = self._store._attrs(self._final).get("commit_id") if self._store._locate(self._final) else None
         if current is not None and current != self._replaces:
             self.abort()
             raise AlreadyCommittedError(f"{self._final}: already committed by another run")
         try:
-            self._store._swap_in(self._stage, self._final)
-        except OSError as exc:  # the other run's commit landed between our check and our move
+            self._store._swap_in(self._stage, self._final, replace=self._replaces is not None)
+        except NodeExistsError as exc:  # the other run's commit landed between our check and our move
             self.abort()
-            if be.has(self._final):
-                raise AlreadyCommittedError(f"{self._final}: already committed by another run") from exc
+            raise AlreadyCommittedError(f"{self._final}: already committed by another run") from exc
+        except BaseException:  # anything else (a full disk, a name the file system refuses) is an error
+            self.abort()
             raise
         # A success supersedes an earlier failure record of the same slide.
         be.delete(self._final.replace("/slides/", "/failed/"))

@@ -184,6 +184,8 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
             metrics["trained_kept"]["fusion_term_kept"] = result.model.fusion_kept
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
+    for w in cohort.summary.get("warnings", []):
+        metrics.setdefault("warnings", []).append(w)
     if leak:
         metrics["missingness_leak"] = leak
         metrics.setdefault("warnings", []).append(leak["warning"])

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import featstore
-from featstore.cli_common import console, err, guard, root_options
+from featstore.cli_common import console, err, guard, root_options, writable_output
 
 fusion_app = typer.Typer(help="Leakage-free cross-validation of gene, image and fusion heads on a feature store.",
                          no_args_is_help=True, pretty_exceptions_enable=False)
@@ -136,6 +136,7 @@ def fusion_cv(
     """Cross-validate one head: all folds at once, fold-local preprocessing, bootstrap CIs, modality check."""
     from fusion.api import cv
 
+    writable_output(out, folder=True)
     with _steps("cross-validating", quiet) as step:
         step(head, 0, 1)
         run = cv(store, head, opts, out)
@@ -164,6 +165,7 @@ def fusion_bench(
     from fusion.api import bench
 
     names = "all" if heads == "all" else [h.strip() for h in heads.split(",")]
+    writable_output(out, folder=True)
     with _steps("heads", quiet) as step:
         rows, runs = bench(store, names, opts, out, on_head=step)
     first = next(iter(runs.values())).metrics
@@ -198,6 +200,7 @@ def fusion_fit(
     """Train one head on every labelled patient (inner validation for early stopping, calibration, threshold)."""
     from fusion.model import fit
 
+    writable_output(out, folder=True)
     with _steps("training", quiet) as step:
         step(head, 0, 1)
         res = fit(store, head, opts, out)
@@ -223,6 +226,7 @@ def fusion_predict(
     from fusion.model import predict, read_patient_list, write_predictions
 
     ids = read_patient_list(patients) if patients else None
+    writable_output(out, folder=False)
     with warnings.catch_warnings(record=True) as caught, _steps("scoring", quiet) as step:
         warnings.simplefilter("always")
         step(str(model), 0, 1)
@@ -250,6 +254,7 @@ def fusion_explain(
 
     if (slide is None) == (not all_slides):
         raise ValueError("give one of --slide ID or --all")
+    writable_output(out, folder=all_slides)
     with _steps("drawing", quiet) as step:
         step(slide or "every slide", 0, 1)
         res = explain(model, store, slide, out, features)

@@ -10,7 +10,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.store import Store
-from featstore.tables import read_labels
+from featstore.tables import patient_rows, read_labels
 
 
 @dataclass
@@ -65,12 +65,12 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
     negative = next(c for c in counts if c != positive)
     label_of = dict(zip(table.patient_ids, table.labels))
 
-    gene_values, gene_ids, gene_name, gene_index = None, [], None, {}
+    gene_values, gene_ids, gene_name, gene_index, sample_notes = None, [], None, {}, []
     if use_genes:
         gene_name = store.resolve("expression", genes)
         expr = store.read_expression(gene_name)
         gene_values, gene_ids = expr.values, expr.gene_ids
-        gene_index = {p: i for i, p in enumerate(expr.patient_ids)}
+        gene_index, sample_notes = patient_rows(expr)
     slides: dict[str, list[str]] = defaultdict(list)
     fs_name = None
     if use_image:
@@ -116,6 +116,7 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
         "excluded_labels": table.provenance.get("excluded", {}),
         "slides": int(sum(len(slides[p]) for p in kept)) if use_image else None,
         "missing": missing,
+        "warnings": [f"expression table {gene_name}: {n}" for n in sample_notes],
     }
     return Cohort(kept, y, (negative, positive), genes_arr, gene_ids, {p: slides.get(p, []) for p in kept},
                   fs_name, gene_name, summary, None if labels_csv is not None else labels)

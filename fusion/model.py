@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from featstore.errors import StoreError
 from featstore.records import now_iso
+from featstore.tables import patient_rows
 from fusion.calibration import Calibrator
 from fusion.heads import GENES, IMAGE, get_head
 from fusion.train import FoldData, _predict, cross_validate
@@ -106,21 +107,59 @@ class Model:
     calibrator: Calibrator
 
 
+# What model.json must hold, and of which type, before anything is built from it.
+_META_TYPES = {"format": int, "head": str, "modalities": list, "classes": list, "train": dict, "gene_dim": int,
+               "token_dim": int, "calibrator": dict, "threshold": (int, float)}
+MAX_DIM = 1_000_000  # inputs of a head: more genes or token dimensions than any model here has
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}/model.json is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}/model.json holds a {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{path}: model format {meta.get('format')}, this fusion reads {FORMAT}")
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            raise StoreError(f"{path}/model.json has no {key!r}; is it a model folder written by fusion fit?")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise StoreError(f"{path}/model.json: {key!r} is {meta[key]!r}, not a {getattr(kind, '__name__', 'number')}")
+    if not np.isfinite(meta["threshold"]) or not 0 <= meta["threshold"] <= 1:
+        raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} is not a probability")
+    for key in ("gene_dim", "token_dim"):
+        if not 0 <= meta[key] <= MAX_DIM:
+            raise StoreError(f"{path}/model.json: {key} {meta[key]} is outside 0..{MAX_DIM}")
+    return meta
+
+
 def load_model(path) -> Model:
     path = Path(path)
     if not (path / "model.json").exists():
         raise StoreError(f"{path} is not a model folder (no model.json); fusion fit or fusion cv --save-models "
                          "writes one")
-    meta = json.loads((path / "model.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise StoreError(f"{path}: model format {meta.get('format')}, this fusion reads {FORMAT}")
-    with np.load(path / "preprocess.npz", allow_pickle=False) as z:
-        pre = {k: z[k] for k in z.files}
+    meta = _read_meta(path)
+    try:
+        with np.load(path / "preprocess.npz", allow_pickle=False) as z:
+            pre = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}/preprocess.npz cannot be read as plain arrays ({exc})") from exc
     spec = get_head(meta["head"])
-    module = spec.build(1, meta["gene_dim"], meta["token_dim"], snn=meta["train"]["snn"])
-    module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
+    module = spec.build(1, meta["gene_dim"], meta["token_dim"], snn=bool(meta["train"].get("snn")))
+    try:
+        state = torch.load(path / "weights.pt", weights_only=True)
+        module.load_state_dict(state)
+    except Exception as exc:  # a pickle refused, a truncated file, a tensor of another shape: one line each
+        raise StoreError(f"{path}/weights.pt does not hold this model's weights "
+                         f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from exc
     module.eval()
-    return Model(path, meta, pre, module, Calibrator(**meta["calibrator"]))
+    try:
+        calibrator = Calibrator(**meta["calibrator"])
+    except TypeError as exc:
+        raise StoreError(f"{path}/model.json: calibrator {meta['calibrator']!r} is not one fusion writes") from exc
+    return Model(path, meta, pre, module, calibrator)
 
 
 def model_folders(path) -> list[Path]:
@@ -158,7 +197,9 @@ def _genes_for(model: Model, store, table: str | None, patients: list[str]) -> t
         warnings.warn(f"{len(missing)} of the model's {len(want)} genes are missing from the store and imputed with "
                       f"the training means: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}",
                       stacklevel=2)
-    row = {p: i for i, p in enumerate(expr.patient_ids)}
+    row, notes = patient_rows(expr)
+    for note in notes:
+        warnings.warn(f"expression table {table or expr.provenance.get('source_name', '')}: {note}", stacklevel=2)
     x = np.full((len(patients), len(want)), np.nan, np.float32)
     present = np.array([p in row for p in patients])
     take = [j for j, g in enumerate(want) if g in col]
@@ -190,7 +231,7 @@ def predict(model_path, store_path, patients: list[str] | None = None, features:
                 _check_feature_set(m, store, fs)
             for sid in store.slides(fs):
                 slides.setdefault(store.slide_attrs(fs, sid)["patient_id"], []).append(sid)
-        gene_patients = set(store.read_expression(genes).patient_ids) if GENES in mods else set()
+        gene_patients = set(patient_rows(store.read_expression(genes))[0]) if GENES in mods else set()
         if patients is None:
             have = [set(slides)] * (IMAGE in mods) + [gene_patients] * (GENES in mods)
             patients = sorted(set.intersection(*have))
@@ -205,6 +246,11 @@ def predict(model_path, store_path, patients: list[str] | None = None, features:
             v = first["view"]
             view = build_view(store, fs, {p: slides[p] for p in patients}, v["k"], v["method"], v["seed"], cache=False)
         probs = [_predict_one(m, store, genes, patients, view) for m in models]
+    for m, pr in zip(models, probs):
+        if not np.isfinite(pr).all():  # never written: a NaN would read as a prediction
+            bad = patients[int(np.argwhere(~np.isfinite(pr))[0][0])]
+            raise StoreError(f"model {m.path} gives a non-finite prediction (patient {bad}); its weights or "
+                             "preprocess.npz are damaged")
     return patients, np.mean(probs, axis=0), models
 
 

@@ -16,7 +16,7 @@ from featstore.extract import ExtractConfig, extract, find_slides
 from featstore.interop import import_features
 from featstore.tables import import_genes
 
-from .conftest import CMU, MIXOMICS
+from .conftest import CMU, MIXOMICS, TILES
 
 SLIDE = "CMU-1-Small-Region"
 CFG = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
@@ -28,16 +28,22 @@ def clam_folder(store: Path) -> Path:
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(2):
+        features, coords = rng.standard_normal((40, 16)).astype(np.float32), rng.integers(0, 5_000, (40, 2))
+        if (folder / f"TCGA-AA-000{i}-01Z-00-DX1.h5").exists():  # made already (runs racing read them)
+            continue
         with h5py.File(folder / f"TCGA-AA-000{i}-01Z-00-DX1.h5", "w") as f:
-            f.create_dataset("features", data=rng.standard_normal((40, 16)).astype(np.float32))
-            f.create_dataset("coords", data=rng.integers(0, 5_000, (40, 2)))
+            f.create_dataset("features", data=features)
+            f.create_dataset("coords", data=coords)
     return folder
 
 
 def run(op: str, store: Path) -> None:
-    if op == "extract":
-        report = extract(find_slides([CMU]), store, CFG, num_workers=0)
-        assert report.failed == {}, report.failed
+    if op.startswith("extract"):
+        # "extract two": the CMU slide and a folder of tiles read as a second slide; "extract --overwrite":
+        # the CMU slide redone beside the other
+        slides = find_slides([CMU]) + (find_slides([TILES], tiles_as_slide=True) if op == "extract two" else [])
+        report = extract(slides, store, CFG, num_workers=0, mpp_default=0.5, overwrite=op == "extract --overwrite")
+        assert report.failed == {} and len(report.done) == len(slides), report
         return
     if op == "view":
         from fusion.views import build_view
@@ -48,6 +54,8 @@ def run(op: str, store: Path) -> None:
     with featstore.open(store, "a") as s:
         if op == "import-genes":
             import_genes(s, MIXOMICS / "data_train_mrna.csv", samples_as="columns")
+        elif op == "import-genes (another table)":
+            import_genes(s, MIXOMICS / "data_test_mrna.csv", samples_as="columns")
         elif op == "import-genes --overwrite":
             import_genes(s, MIXOMICS / "data_test_mrna.csv", samples_as="columns", overwrite=True)
         elif op == "import-features":
@@ -61,8 +69,8 @@ def fingerprint(op: str, store: Path) -> list | None:
     if not store.exists():
         return None
     with featstore.open(store) as s:
-        if op == "extract":
-            done = SLIDE in s.slides("resnet50-trunc")
+        if op.startswith("extract"):
+            done = "resnet50-trunc" in s.feature_sets() and SLIDE in s.slides("resnet50-trunc")
             return s.read_slide("resnet50-trunc", SLIDE).features.tolist() if done else None
         if op == "view":
             return [s.read_view(key)[0]["tokens"].tolist() for key in s.views()] or None

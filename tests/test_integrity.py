@@ -205,7 +205,7 @@ def test_bad_names_fail_when_slides_are_planned_not_after_the_compute(tmp_path):
 
     from .conftest import CMU
 
-    for sid, why in (("zarr.json", "reserved by the store layout"), ("x" * 300, "300 characters long; at most 200")):
+    for sid, why in (("zarr.json", "reserved by the store layout"), ("x" * 300, "300 bytes long in UTF-8; at most 200")):
         manifest = tmp_path / "m.csv"
         manifest.write_text(f"slide_path,slide_id\n{CMU},{sid}\n")
         with pytest.raises(ValueError, match=why):
@@ -244,3 +244,232 @@ def test_a_slide_committed_by_another_run_first_is_kept_and_ours_is_skipped(tmp_
     with featstore.open(store) as s:
         assert s.slide_attrs(None, "CMU-1-Small-Region")["committed"] >= first
         assert s.validate() == []
+
+
+@pytest.mark.parametrize(("node", "named"), [("tables/expression", "table expression"),
+                                             ("features/simulated", "feature set simulated"),
+                                             ("features/simulated/slides/SIM-00000-SIM", "slide SIM-00000-SIM")])
+def test_an_object_that_lost_its_zarr_json_is_named_by_validate_and_refused_by_every_reader(sim, tmp_path, node, named):
+    (sim / node / "zarr.json").unlink()
+    r = runner.invoke(featstore_app, ["validate", str(sim)])
+    assert r.exit_code == 1 and f"{named}: zarr.json missing" in r.output and "Traceback" not in r.output, r.output
+    # Never skipped without a word: the trainer and export stop and name it.
+    with featstore.open(sim) as s, pytest.raises(StoreError, match=f"{node.rsplit('/', 1)[1]}.*lost its metadata"):
+        load_cohort(s, label_map=None)
+    r = runner.invoke(featstore_app, ["export", str(sim), "--out", str(tmp_path / "clam")])
+    if node.startswith("features"):
+        assert r.exit_code == 1 and "lost its metadata" in r.output, r.output
+
+
+def test_an_import_under_way_is_not_called_interrupted_but_the_trainer_waits_for_it(tmp_path):
+    from featstore.interop import import_features
+
+    from . import fault_ops
+
+    path = tmp_path / "s.zarr"
+    with featstore.open(path, "a") as s:
+        import_features(s, [fault_ops.clam_folder(path)], "clam")
+        s.write_labels("labels", featstore.LabelTable(["TCGA-AA-0000", "TCGA-AA-0001"], ["a", "b"], ["a", "b"]))
+        s.mark_import("clam", s.slides("clam") + ["TCGA-AA-0002-01Z-00-DX1"])  # this live process is the importer
+        assert s.validate() == []
+        with pytest.raises(StoreError, match="an import of 3 slides is under way"):
+            load_cohort(s, "clam", use_genes=False, label_map=None)
+
+
+def test_a_patient_with_tumour_and_normal_samples_is_trained_on_the_tumour(tmp_path):
+    """--all-samples keeps normals; the trainer takes each patient's primary tumour by import's rule, never the
+    sample that happens to come last, and says what it passed over."""
+    rng = np.random.default_rng(0)
+    patients = [f"TCGA-AA-{i:04d}" for i in range(30)]
+    y = np.arange(30) % 2
+    tumour = (rng.standard_normal((30, 5)) + 3 * y[:, None]).astype(np.float32)
+    normal = rng.standard_normal((30, 5)).astype(np.float32)
+    rows = [(f"{p}-01A", p, "01", t) for p, t in zip(patients, tumour)]
+    rows += [(f"{p}-11A", p, "11", n) for p, n in zip(patients, normal)]
+    rows.sort(key=lambda r: (r[1], r[2]))  # each patient's normal after its tumour
+    rows.append(("TCGA-AA-0099-11A", "TCGA-AA-0099", "11", normal[0]))  # a patient with a normal sample only
+    path = tmp_path / "s.zarr"
+    with featstore.open(path, "a") as s:
+        s.write_expression("expression", featstore.ExpressionTable(
+            np.stack([r[3] for r in rows]), [r[0] for r in rows], [f"G{j}" for j in range(5)], [r[1] for r in rows],
+            [r[2] for r in rows], {}))
+        labels = ["pos" if v else "neg" for v in y]
+        s.write_labels("labels", featstore.LabelTable(patients + ["TCGA-AA-0099"], labels + ["pos"], labels + ["pos"]))
+        cohort = load_cohort(s, use_image=False, label_map=None)
+    assert cohort.patient_ids == patients  # the normal-only patient is not taken for a tumour
+    np.testing.assert_array_equal(cohort.genes, tumour)
+    notes = " ".join(cohort.summary["warnings"])
+    assert "30 further samples" in notes and "1 patients dropped" in notes and "TCGA-AA-0099" in notes
+
+
+def test_names_are_bounded_in_bytes_and_a_long_name_is_replaced_and_redone(tmp_path, store_path):
+    import dataclasses
+    import shutil
+
+    from featstore.extract import extract, find_slides
+    from featstore.names import check_name
+
+    from . import fault_ops
+    from .conftest import CMU
+
+    with pytest.raises(ValueError, match="300 bytes long in UTF-8"):
+        check_name("é" * 150, "table name")
+    long = "t" * 200
+    with featstore.open(store_path, "a") as s:  # --overwrite of a 200-byte name: staging holds no name
+        for ids in (["P1"], ["P2"]):
+            s.write_labels(long, featstore.LabelTable(ids, ["a"], ["a"]), overwrite=True)
+        assert s.read_labels(long).patient_ids == ["P2"] and s.validate() == []
+    # A slide with a 200-byte id whose file changed is redone, never "already committed by another run".
+    slide = tmp_path / ("S" * 196 + ".svs")
+    shutil.copy(CMU, slide)
+    cfg = dataclasses.replace(fault_ops.CFG)
+    store = tmp_path / "long.zarr"
+    assert extract(find_slides([slide]), store, cfg, num_workers=0).done == [slide.stem]
+    with slide.open("ab") as fh:
+        fh.write(b"\0")
+    report = extract(find_slides([slide]), store, cfg, num_workers=0)
+    assert report.done == [slide.stem] and report.skipped == [] and report.failed == {}, report
+
+
+def test_a_damaged_model_folder_or_an_output_that_cannot_be_written_is_one_line(tmp_path):
+    import json
+    import shutil
+
+    import torch
+
+    from featstore.encoders import build_encoder
+    from featstore.errors import WeightsError
+    from fusion.api import CVOptions
+    from fusion.model import fit
+    from fusion.train import TrainConfig
+
+    path = tmp_path / "s.zarr"
+    simulate_cohort(path, patients=60, patches=8, dim=8, genes=20, seed=1).close()
+    good = tmp_path / "model"
+    fit(path, "concat", CVOptions(label_map=None, train=TrainConfig(epochs=3, patience=2, token_dim=4, top_genes=10)), good)
+    meta = json.loads((good / "model.json").read_text())
+    state = torch.load(good / "weights.pt", weights_only=True)
+
+    class Payload:  # a pickle that would run code on load
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    def json_with(**changes):
+        return lambda m: (m / "model.json").write_text(json.dumps({**meta, **changes}))
+
+    def weights(value):
+        return lambda m: torch.save(value, m / "weights.pt")
+
+    key = next(k for k, v in state.items() if v.dim() >= 2 and v.shape[-1] > 1)
+    tamper = {
+        "model.json not JSON": (lambda m: (m / "model.json").write_text("{not json"), "not valid JSON"),
+        "model.json lacks head": (lambda m: (m / "model.json").write_text(json.dumps(
+            {k: v for k, v in meta.items() if k != "head"})), "has no 'head'"),
+        "threshold a string": (json_with(threshold="0.5"), "'threshold' is '0.5'"),
+        "gene_dim 1e10": (json_with(gene_dim=10**10), "gene_dim 10000000000 is outside"),
+        "pickled weights": (weights({"x": Payload()}), "weights.pt does not hold this model's weights"),
+        "tensor of another shape": (weights({**state, key: state[key][..., :1]}), "weights.pt does not hold"),
+        "non-finite weights": (weights({k: v * float("nan") for k, v in state.items()}), "non-finite prediction"),
+    }
+    for what, (damage, message) in tamper.items():
+        folder = tmp_path / what.replace(" ", "_")
+        shutil.copytree(good, folder)
+        damage(folder)
+        r = runner.invoke(fusion_app, ["predict", str(folder), str(path), "--out", str(folder / "p.csv")])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (what, r.output)
+        assert not (folder / "p.csv").exists() and "pwned" not in r.output, what
+    # Outputs are checked before any work: a cv --out that is a file fails at once, not after training.
+    (tmp_path / "taken").write_text("x")
+    for app, args in ((fusion_app, ["cv", str(path), "--label-map", "none", "--out", str(tmp_path / "taken")]),
+                      (featstore_app, ["export", str(path), "--out", str(tmp_path / "taken")]),
+                      (featstore_app, ["export", str(path), "--out", str(tmp_path / "taken" / "below")])):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "taken" in r.output and "Traceback" not in r.output, r.output
+        assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1, r.output
+    # A state dict whose tensor has another shape: one line naming the tensor, not a traceback.
+    from torchvision.models import resnet50
+
+    sd = {k: (v[:1] if k == "conv1.weight" else v) for k, v in resnet50().state_dict().items()}
+    torch.save(sd, tmp_path / "w.pt")
+    with pytest.raises(WeightsError, match=r"conv1.weight: \(1, 3, 7, 7\)"):
+        build_encoder("resnet50-trunc", str(tmp_path / "w.pt"))
+
+
+def test_bad_inputs_are_one_line_and_leave_no_store(tmp_path):
+    import gzip
+
+    import h5py
+
+    from featstore.errors import InputError
+    from featstore.tables import read_labels
+
+    from .conftest import MIXOMICS
+
+    new = tmp_path / "new.zarr"
+    whole = gzip.compress((MIXOMICS / "data_train_mrna.csv").read_bytes())
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "blank.csv").write_text("sample,G1,G2\nS1,1,2\n,3,4\n")
+    (tmp_path / "noname.csv").write_text("sample,G1,\nS1,1,2\n")
+    (tmp_path / "l.csv").write_text("patient_id,label\nP1,a\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    cases = [
+        (["import-genes", str(tmp_path / "cut.csv.gz")], "truncated or corrupt"),
+        (["import-genes", str(tmp_path / "blank.csv")], "row 3 has an empty id"),
+        (["import-genes", str(tmp_path / "noname.csv")], "column 3 has an empty name"),
+        (["import-labels", str(tmp_path / "l.csv"), "--label-map", "none", "--name", "_x"], "may not contain"),
+        (["extract", "--slides", str(tmp_path / "empty"), "--out", str(new), "--weights", "random"], "no slide files"),
+        (["extract", "--slides", str(tmp_path / "loop"), "--out", str(new), "--weights", "random"], "no slide files"),
+    ]
+    for args, message in cases:
+        if args[0] != "extract":
+            args += ["--store", str(new)]
+        r = runner.invoke(featstore_app, args)
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (args, r.output)
+        assert not new.exists(), args
+    # A value past float16 points at the option that stores it whole, and that option exists.
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("features", data=np.full((2, 4), 1e5, np.float32))
+        f.create_dataset("coords", data=np.zeros((2, 2), np.int64))
+    r = runner.invoke(featstore_app, ["import-features", str(tmp_path / "big.h5"), "--store", str(new), "--name", "x"])
+    assert r.exit_code == 1 and "import with --dtype float32" in r.output and not new.exists()
+    r = runner.invoke(featstore_app, ["import-features", str(tmp_path / "big.h5"), "--store", str(new), "--name", "x",
+                                      "--dtype", "float32"])
+    assert r.exit_code == 0, r.output
+    # Two rows of one rank for one patient disagree: refused, never whichever came last.
+    (tmp_path / "two.csv").write_text("id,label\nTCGA-AA-0001-02A,LumA\nTCGA-AA-0001-06A,Basal\n")
+    with pytest.raises(InputError, match="conflicting labels 'LumA' \\(row 2\\) and 'Basal' \\(row 3\\)"):
+        read_labels(tmp_path / "two.csv", id_column="id")
+
+
+def test_a_path_holding_anything_but_a_featstore_store_is_never_written_and_ids_never_collide(tmp_path):
+    import h5py
+    import zarr
+
+    from featstore.errors import InputError
+    from featstore.interop import read_feature_files
+
+    from . import fault_ops
+    from .conftest import PAM50_LABELS
+
+    foreign_h5 = tmp_path / "theirs.h5"
+    with h5py.File(foreign_h5, "w") as f:  # only a dataset at the root, no attributes
+        f.create_dataset("x", data=np.arange(3))
+    foreign_zarr = tmp_path / "theirs.zarr"
+    zarr.open_group(str(foreign_zarr), mode="w").create_array("x", shape=(3,), dtype="int64")
+    for foreign in (foreign_h5, foreign_zarr):
+        before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in [foreign, *foreign.rglob("*")] if p.is_file())
+        r = runner.invoke(featstore_app, ["import-labels", str(PAM50_LABELS / "pancan2018_brca_subtypes.csv"),
+                                          "--store", str(foreign), "--id-column", "aliquot_barcode",
+                                          "--label-column", "Subtype_Selected"])
+        assert r.exit_code == 1 and "not a featstore store; refusing to write into it" in r.output, r.output
+        after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in [foreign, *foreign.rglob("*")] if p.is_file())
+        assert after == before
+    # Two files that would be one slide: refused, naming both.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clam = fault_ops.clam_folder(tmp_path / "a" / "s.zarr")
+    twin = tmp_path / "b" / "TCGA-AA-0000-01Z-00-DX1.h5"
+    twin.write_bytes((clam / twin.name).read_bytes())
+    with pytest.raises(InputError, match="would both be slide 'TCGA-AA-0000-01Z-00-DX1'"):
+        read_feature_files([clam, tmp_path / "b"])

@@ -69,6 +69,8 @@ def test_bad_clam_files_leave_store_unchanged(tmp_path, store_path):
         (clam("nancoord", np.zeros((2, 8)), np.array([[0, 0], [np.nan, 1]])), r"coords must be whole.*row 1"),
         (clam("negcoord", np.zeros((2, 8)), np.array([[0, 0], [-5, 1]])), r"non-negative level-0 pixels; row 1"),
         (clam("floatcoord", np.zeros((2, 8)), np.array([[0, 0], [2.5, 1]])), r"coords must be whole.*row 1"),
+        # uint64 past int64's range would wrap to a negative coordinate in the cast
+        (clam("widecoord", np.zeros((2, 8)), np.array([[0, 0], [2**63 + 5, 1]], np.uint64)), r"coords must be whole.*row 1"),
         (clam("strings", np.array([["a"] * 8] * 2, dtype="S1"), np.zeros((2, 2))), r"features hold \|S1 values, not numbers"),
         (clam("overflow", np.full((2, 8), 1e5, np.float32), np.zeros((2, 2))), r"row 0, column 0 \(100000.0\) overflows float16"),
     ]

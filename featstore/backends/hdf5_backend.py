@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from featstore.backends import jsonable, open_beside_store
-from featstore.errors import StoreError, StoreLockedError
+from featstore.errors import NodeExistsError, StoreError, StoreLockedError
 
 
 class HDF5Backend:
@@ -27,7 +28,7 @@ class HDF5Backend:
         if self.writable:
             self._take_lock()
         try:
-            self._file = h5py.File(path, "r" if mode == "r" else ("w" if mode == "w" else "a"))
+            self._file = h5py.File(path, "r" if mode == "r" else "a")
         except OSError as exc:
             self._release_lock()
             # HDF5's own file lock fails with EAGAIN/EWOULDBLOCK (h5py raises BlockingIOError); anything else
@@ -39,6 +40,24 @@ class HDF5Backend:
                 ) from exc
             raise StoreError(f"HDF5 store {path} cannot be opened: the file is truncated or corrupt, or not HDF5 "
                              f"({exc})") from exc
+
+    @classmethod
+    def create(cls, path: Path, root_attrs: Mapping[str, Any]) -> bool:
+        """Make a store at ``path`` in one step: written under a hidden name, then hard-linked into place,
+        which fails where a file is there already. False where another run's store got there first."""
+        import h5py
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.creating")
+        try:
+            with h5py.File(tmp, "w") as f:
+                for k, v in jsonable(root_attrs).items():
+                    f.attrs[k] = json.dumps(v)
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -80,11 +99,14 @@ class HDF5Backend:
     def require_group(self, path: str) -> None:
         self._file.require_group(path)
 
-    def groups(self, path: str) -> list[str]:
+    def entries(self, path: str) -> dict[str, str | None]:
         if path and path not in self._file:
-            return []
+            return {}
         node = self._file[path] if path else self._file
-        return sorted(k for k, v in node.items() if isinstance(v, self._h5py.Group))
+        return {k: "group" if isinstance(v, self._h5py.Group) else "array" for k, v in sorted(node.items())}
+
+    def groups(self, path: str) -> list[str]:
+        return [n for n, t in self.entries(path).items() if t == "group"]
 
     def arrays(self, path: str) -> list[str]:
         return sorted(k for k, v in self._file[path].items() if isinstance(v, self._h5py.Dataset))
@@ -117,16 +139,19 @@ class HDF5Backend:
     def move(self, src: str, dst: str) -> None:
         parent = dst.rsplit("/", 1)[0]
         self._file.require_group(parent)
-        if dst in self._file:
-            del self._file[dst]
+        if dst in self._file:  # one writer at a time (the lock): checking first is enough
+            raise NodeExistsError(f"{self.path}: {dst} already exists")
         self._file.move(src, dst)
         self._file.flush()
 
     def flush(self) -> None:
         self._file.flush()
 
-    def close(self) -> None:
+    def close(self, remove: bool = False) -> None:
+        """``remove``: delete the file too, before the lock is let go (no writer can open it in between)."""
         try:
             self._file.close()
+            if remove:
+                self.path.unlink()
         finally:
             self._release_lock()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from featstore.backends import jsonable
+from featstore.errors import NodeExistsError
 
 
 class ZarrBackend:
@@ -24,6 +27,22 @@ class ZarrBackend:
         self.writable = mode != "r"
         self._compressor = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
         self._root = zarr.open_group(str(path), mode=mode)
+
+    @classmethod
+    def create(cls, path: Path, root_attrs: Mapping[str, Any]) -> bool:
+        """Make a store at ``path`` in one step: built under a hidden name beside it, then renamed into place.
+        False where another run's store got there first (ours is dropped)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.creating")
+        cls(tmp, "w").set_attrs("", root_attrs)
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise
+        return True
 
     def _node(self, path: str):
         return self._root[path] if path else self._root
@@ -51,19 +70,19 @@ class ZarrBackend:
     def require_group(self, path: str) -> None:
         self._root.require_group(path)
 
-    def _children(self, path: str, node_type: str) -> list[str]:
+    def entries(self, path: str) -> dict[str, str | None]:
+        """Each child folder's node type ("group" or "array"), or None for a folder that lost its zarr.json."""
         try:
-            entries = list(os.scandir(self.path / path))
-        except FileNotFoundError:
-            return []
-        return sorted(e.name for e in entries
-                      if e.is_dir() and (self._meta(f"{path}/{e.name}" if path else e.name) or {}).get("node_type") == node_type)
+            found = [e.name for e in os.scandir(self.path / path) if e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return {name: (self._meta(f"{path}/{name}" if path else name) or {}).get("node_type") for name in sorted(found)}
 
     def groups(self, path: str) -> list[str]:
-        return self._children(path, "group")
+        return [n for n, t in self.entries(path).items() if t == "group"]
 
     def arrays(self, path: str) -> list[str]:
-        return self._children(path, "array")
+        return [n for n, t in self.entries(path).items() if t == "array"]
 
     def create_array(self, path: str, shape: tuple, dtype, chunks: tuple):
         dtype = str if np.dtype(dtype).kind in "UOT" else dtype
@@ -91,11 +110,14 @@ class ZarrBackend:
 
     def move(self, src: str, dst: str) -> None:
         self._root.require_group(dst.rsplit("/", 1)[0])
-        if (self.path / dst).exists():
-            # Between these two steps the object is absent, never half-present: a crash here means
-            # it is simply redone.
-            shutil.rmtree(self.path / dst)
-        os.replace(self.path / src, self.path / dst)
+        # rename(2) onto a folder that holds anything fails: two runs committing one path cannot both
+        # succeed, and a lost node's folder (no zarr.json, its arrays still there) is never replaced.
+        try:
+            os.rename(self.path / src, self.path / dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise NodeExistsError(f"{self.path}: {dst} already exists") from exc
+            raise
 
     def flush(self) -> None:
         pass

@@ -16,10 +16,10 @@ from featstore.store import open as open_store
 
 
 def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
-                 batch_size: int, mpp_default: float | None) -> dict:
+                 batch_size: int, mpp_default: float | None, redo: bool) -> dict:
     from featstore.extract.run import extract_slide
 
-    return dataclasses.asdict(extract_slide(spec, store_path, name, config, device, batch_size, mpp_default))
+    return dataclasses.asdict(extract_slide(spec, store_path, name, config, device, batch_size, mpp_default, redo))
 
 
 def gpu_cluster(devices: list[str]):
@@ -33,7 +33,8 @@ def gpu_cluster(devices: list[str]):
 
 def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str, config: ExtractConfig,
                 device: str, batch_size: int, mpp_default: float | None, scheduler: str | None,
-                dask_workers: int | None, log: _EventLog, devices: list[str] | None = None) -> ExtractReport:
+                dask_workers: int | None, log: _EventLog, devices: list[str] | None = None,
+                redo: bool = False) -> ExtractReport:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -50,7 +51,7 @@ def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str,
     try:
         resources = {"GPU": 1} if device == "cuda" and not devices else None
         futures = {
-            client.submit(_extract_one, spec, str(store_path), name, config, device, batch_size, mpp_default,
+            client.submit(_extract_one, spec, str(store_path), name, config, device, batch_size, mpp_default, redo,
                           key=f"featstore-extract-{name}-{spec.slide_id}", pure=False, resources=resources): spec
             for spec, _ in todo
         }

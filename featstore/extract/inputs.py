@@ -29,6 +29,7 @@ def find_slides(inputs: list[str | os.PathLike], tiles_as_slide: bool = False) -
     """
     specs: list[SlideSpec] = []
     for item in map(str, inputs):
+        before = len(specs)
         p = Path(item)
         if p.suffix.lower() == ".csv" and p.is_file():
             specs += _read_manifest(p)
@@ -43,6 +44,9 @@ def find_slides(inputs: list[str | os.PathLike], tiles_as_slide: bool = False) -
             if not matches:
                 raise FileNotFoundError(f"{item}: no such file, folder or glob match")
             specs += [_spec(Path(m)) for m in matches if Path(m).is_dir() or Path(m).suffix.lower() in SLIDE_SUFFIXES]
+        if len(specs) == before:  # an empty folder or a link to nowhere is a mistake, never a run over no slides
+            raise FileNotFoundError(f"{item}: no slide files there (searched for {', '.join(sorted(SLIDE_SUFFIXES))}"
+                                    "; a folder of one slide's tiles needs --tiles-as-slide)")
     seen: dict[str, str] = {}
     for s in specs:
         if s.slide_id in seen and seen[s.slide_id] != s.path:

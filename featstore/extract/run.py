@@ -20,13 +20,14 @@ from featstore.extract.messages import Coords, Failed, Pixels, Planned, Split
 from featstore.extract.pool import PatchReader
 from featstore.extract.writer import _Writer
 from featstore.provenance import config_hash, file_fingerprint
-from featstore.store import Store, StoreError, check_name
+from featstore.store import Store, StoreError, check_name, writing
 from featstore.store import open as open_store
 
 
-def _pending(store: Store, name: str, specs: list[SlideSpec], log: _EventLog,
-             report: ExtractReport) -> list[tuple[SlideSpec, dict]]:
-    """Slides still to do, each with its file fingerprint; committed unchanged slides are skipped."""
+def _pending(store: Store, name: str, specs: list[SlideSpec], log: _EventLog, report: ExtractReport,
+             redo: bool = False) -> list[tuple[SlideSpec, dict]]:
+    """Slides still to do, each with its file fingerprint; committed unchanged slides are skipped unless
+    ``redo`` (``--overwrite``: each is replaced in one step when its new features are complete)."""
     committed = set(store.slides(name))
     todo = []
     for spec in specs:
@@ -36,7 +37,9 @@ def _pending(store: Store, name: str, specs: list[SlideSpec], log: _EventLog,
             fp = {"error": str(exc)}
         if spec.slide_id in committed:
             attrs = store.slide_attrs(name, spec.slide_id)
-            if attrs.get("provenance", {}).get("file") == fp and attrs.get("slide_path") == spec.path:
+            if redo:
+                log("slide_redo", slide_id=spec.slide_id, reason="--overwrite: redone, replaced once complete")
+            elif attrs.get("provenance", {}).get("file") == fp and attrs.get("slide_path") == spec.path:
                 report.skipped.append(spec.slide_id)
                 log("slide_skipped", slide_id=spec.slide_id, reason="already committed with the same config")
                 continue
@@ -83,9 +86,9 @@ def extract(
     report = ExtractReport(name)
     t0 = time.perf_counter()
     with freed_memory_kept(dev.type == "cpu") as allocator:
-        with open_store(store_path, "a") as store:
+        with writing(store_path) as store:
             existing = (store.feature_set_info(name).get("config", {}).get("precision")
-                        if name in store.feature_sets() and not overwrite else None)
+                        if name in store.feature_sets() else None)
             precision, why = resolve_precision(config.precision, dev, encoder, config.patch_size, existing)
             fs_config = feature_set_config(config, encoder, precision)
             runtime = _runtime(dev, why, allocator)
@@ -104,7 +107,7 @@ def extract(
         from featstore.extract.dask import run_on_dask
 
         report.merge(run_on_dask(todo, store_path, name, config, "cuda" if gpus else device, batch_size, mpp_default,
-                                 scheduler, dask_workers, log, gpus))
+                                 scheduler, dask_workers, log, gpus, overwrite))
     report.seconds = time.perf_counter() - t0
     log("run_end", feature_set=name, done=len(report.done), skipped=len(report.skipped),
         failed=len(report.failed), patches=report.patches, seconds=round(report.seconds, 3))
@@ -112,9 +115,10 @@ def extract(
 
 
 def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, config: ExtractConfig, device: str,
-                  batch_size: int, mpp_default: float | None) -> ExtractReport:
+                  batch_size: int, mpp_default: float | None, redo: bool = False) -> ExtractReport:
     """One slide into a feature set the driver has made (a Dask task): the same config or an error, the
-    driver's precision, in-process reading (Dask already runs one slide per worker slot)."""
+    driver's precision, in-process reading (Dask already runs one slide per worker slot); ``redo``: the
+    driver's --overwrite."""
     store_path = Path(store_path)
     dev = resolve_device(device)
     encoder = build_encoder(config.encoder, config.weights, config.seed)
@@ -122,7 +126,8 @@ def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, con
     with freed_memory_kept(dev.type == "cpu") as allocator, open_store(store_path, "a") as store:
         precision = store.feature_set_info(name).get("config", {}).get("precision", "fp32")
         fs_config = feature_set_config(config, encoder, precision)
-        todo = _prepare(store, name, fs_config, [spec], False, log, report)  # another config: an error
+        store.create_feature_set(name, fs_config, config_hash(fs_config))  # another config: an error
+        todo = _pending(store, name, [spec], log, report, redo)
         _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, 0, mpp_default, False,
                               log, report, _runtime(dev, "the driver's", allocator)), todo)
     return report
@@ -136,10 +141,18 @@ def _runtime(dev: torch.device, precision_choice: str, allocator: str) -> dict:
 
 def _prepare(store: Store, name: str, fs_config: dict, slides: list[SlideSpec], overwrite: bool, log: _EventLog,
              report: ExtractReport) -> list[tuple[SlideSpec, dict]]:
-    if overwrite and name in store.feature_sets():
+    """Create the feature set, or check the existing one; the slides still to do. ``overwrite`` redoes the
+    slides named and keeps every other one; with another config it replaces the feature set, but only
+    when every slide in it is named (else those would be lost, or kept beside features of another kind)."""
+    if overwrite and name in store.feature_sets() and store.feature_set_info(name).get("config_hash") != config_hash(fs_config):
+        left = sorted((set(store.slides(name)) | set(store.failures(name))) - {s.slide_id for s in slides})
+        if left:
+            raise StoreError(f"feature set {name!r} was made with another config and holds {len(left)} slide(s) not named "
+                             f"here ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}); --overwrite with a new "
+                             "config replaces the whole feature set, so name every slide, or extract into another --name")
         store.delete_feature_set(name)
     store.create_feature_set(name, fs_config, config_hash(fs_config))
-    return _pending(store, name, slides, log, report)
+    return _pending(store, name, slides, log, report, redo=overwrite)
 
 
 def resolve_devices(devices: str | None) -> list[str]:

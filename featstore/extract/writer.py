@@ -114,6 +114,9 @@ class _Writer:
             self.report.skipped.append(spec.slide_id)
             self.log("slide_skipped", slide_id=spec.slide_id, reason="already committed by another run")
             return
+        except OSError as exc:  # this slide's commit failed (a full disk, a path the system refuses): the others go on
+            self._fail(idx, f"could not be committed ({type(exc).__name__}: {exc})")
+            return
         self.report.done.append(spec.slide_id)
         self.log("slide_done", slide_id=spec.slide_id, patches=int(len(plan.coords)), seconds=round(seconds, 3))
 
