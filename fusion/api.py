@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ import numpy as np
 
 import featstore
 from featstore.errors import StoreError
+from featstore.tables import LABEL_MAPS
 from fusion.calibration import operating_point, reliability
 from fusion.cohort import Cohort, load_cohort
 from fusion.fallback import FALLBACKS
@@ -65,11 +68,33 @@ class CVOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.label_map not in (None, *LABEL_MAPS):
+            raise ValueError(f"label_map (--label-map) must be one of {', '.join(LABEL_MAPS)} or none, got "
+                             f"{self.label_map!r}")
+        if self.exclude_genes not in (None, "pam50") and not Path(self.exclude_genes).is_file():
+            raise ValueError(f"--exclude-genes {self.exclude_genes!r} is neither 'pam50' nor a file of gene symbols "
+                             "(one per line)")
         if self.bootstrap < MIN_BOOTSTRAP:
             raise ValueError(f"bootstrap must be at least {MIN_BOOTSTRAP} resamples (then each 2.5% tail of a 95% CI "
                              f"holds one), got {self.bootstrap}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_cv_options_init = CVOptions.__init__
+
+
+def _init_with_train_fields(self, *args, **kwargs) -> None:
+    """``CVOptions(epochs=50)``: the training options (``TrainConfig``'s fields) given directly go to ``train``,
+    so a user need not know where each option lives."""
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in _TRAIN_FIELDS}
+    if given:
+        kwargs["train"] = dataclasses.replace(kwargs.get("train") or TrainConfig(), **given)
+    _cv_options_init(self, *args, **kwargs)
+
+
+CVOptions.__init__ = _init_with_train_fields
 
 
 @dataclass
@@ -238,16 +263,19 @@ def _is_simulated(store, cohort: Cohort) -> bool:
     return bool(cohort.gene_table and store.read_expression(cohort.gene_table).provenance.get("simulated"))
 
 
-def _open_existing(store_path: str | Path):
+def _open_existing(store_path: str | Path | featstore.Store):
     """Open a store for training: it must exist (a mistyped path is an error, never a new empty store);
-    writable when it can be, so the compact views are cached."""
+    writable when it can be, so the compact views are cached. A ``Store`` already open is used as it is
+    (and left open: its owner closes it)."""
+    if isinstance(store_path, featstore.Store):
+        return contextlib.nullcontext(store_path)
     if not Path(store_path).exists():
         raise StoreError(f"no store at {store_path}; fusion reads an existing store (featstore import-genes / "
                          "extract / fusion simulate make one)")
     return featstore.open(store_path, "a" if os.access(store_path, os.W_OK) else "r")
 
 
-def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None) -> CVRun:
+def cv(store_path: str | Path | featstore.Store, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None) -> CVRun:
     """Cross-validate one head on a store; writes outputs to ``out`` when given."""
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
@@ -258,7 +286,7 @@ def cv(store_path: str | Path, head: str, opts: CVOptions = CVOptions(), out: st
     return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov, info)
 
 
-def bench(store_path: str | Path, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
+def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
           out: str | Path | None = None, on_head=None) -> tuple[list[dict], dict[str, CVRun]]:
     """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC.
     ``on_head(head, done, total)`` is called as each head starts (a progress bar)."""

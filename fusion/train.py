@@ -33,8 +33,8 @@ def _option(default, help: str):  # noqa: A002 - the word Typer uses
 @dataclass
 class TrainConfig:
     epochs: int = _option(200, "Maximum epochs (early stopping on inner validation)")
-    # 10, not 20: on a 1,000-patient simulated cohort every head's ROC-AUC moved by less than 0.009 and the
-    # torch heads trained in 0.73 of the time (measured, fusion_gain's minority 50:50 cell).
+    # 10, not 20: every head's ROC-AUC within noise, the torch heads faster (docs/heads.md, "Measurements
+    # behind the code").
     patience: int = _option(10, "Epochs without improvement of the inner-validation loss before stopping")
     batch_size: int = _option(64, "Patients per step, per fold model")
     lr: float = _option(1e-3, "AdamW learning rate")
@@ -197,7 +197,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         linear_inputs = [g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)]
         model.warm_start(*linear_inputs, y, data.train, cfg.seed)
     yt = torch.from_numpy(y).float()
-    # foreach: one batched update over all parameters; the per-tensor loop was 15% of a bench's time on a CPU.
+    # foreach: one batched update over all parameters; the per-tensor loop was a sizeable share of a bench.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     pos_weight = torch.tensor([(len(r) - y[r].sum()) / max(y[r].sum(), 1) for r in data.train]).float()[:, None]
     val_idx, val_valid = _padded(data.val)
@@ -220,8 +220,8 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         # A constant warm start (neither linear model fitted) ranks nothing, so it is no fallback: the best
         # trained epoch is kept even where its loss is above the constant's. Scored against the constant, the
         # attention branch, which fits noise before it finds a minority of telling patches, often never beat
-        # it within the patience, and the fold predicted a constant (200 patients, image only, minority:
-        # late 0.647 -> 0.737 ROC-AUC, cross_attn 0.570 -> 0.660).
+        # it within the patience, and the fold predicted a constant (docs/heads.md, "Measurements behind the
+        # code").
         best[torch.tensor(model.warm_constant)] = float("inf")
     start_state = {k: v.clone() for k, v in best_state.items()} if warm else None
     stale = torch.zeros(m, dtype=torch.long)
@@ -275,10 +275,10 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         moved = torch.tensor(back_to_warm_start_unless_significant(
             model, start_state, start_logits, _predict(model, data, val_idx), yt[val_idx], val_weight))
     elif cfg.fallback == "fusion" and unimodal is not None:
-        # The fusion term is what fits one modality's noise through the other (kept untested on null bags:
-        # bilinear -0.020, concat -0.012 ROC-AUC), while the unimodal branches kept as early stopping picks them
-        # cost at most 0.005 there; testing the whole of training against the warm start threw away real
-        # attention gains of +0.03 (docs/heads.md). So only the fusion term is put to the test.
+        # The fusion term is what fits one modality's noise through the other, while the unimodal branches
+        # kept as early stopping picks them cost next to nothing on null bags; testing the whole of training
+        # against the warm start threw away real attention gains (docs/heads.md). So only the fusion term is
+        # put to the test.
         keep = significantly_better(unimodal[1], _predict(model, data, val_idx), yt[val_idx], val_weight) | ~fused
         copy_models(model.state_dict(), unimodal[0], ~keep)
         model.fusion_kept = (fused & keep).tolist()

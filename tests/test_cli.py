@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -177,3 +178,21 @@ def test_sigint_during_extract_says_what_was_committed_and_that_a_rerun_resumes(
         n = len(s.slides("resnet50-trunc"))
         assert n >= 1 and f"interrupted: {n} slides are committed" in lines[0]
         assert s.validate() == []
+
+
+def test_the_python_api_takes_an_open_store_and_training_options_where_a_user_puts_them(tmp_path):
+    from fusion.api import CVOptions, cv
+    from fusion.simulate import simulate_cohort
+
+    path = tmp_path / "s.zarr"
+    simulate_cohort(path, patients=40, patches=4, dim=4, genes=10, seed=1).close()
+    with featstore.open(path) as s:  # an open Store, as a user of the Python API has one
+        run = cv(s, "logreg", CVOptions(label_map=None, folds=2, bootstrap=100))
+        assert s.tables()  # still open: the caller owns it
+    assert run.metrics["n_patients"] == 40
+    opts = CVOptions(epochs=50, patience=3)
+    assert (opts.train.epochs, opts.train.patience) == (50, 3)
+    with pytest.raises(ValueError, match=r"label_map \(--label-map\) must be one of pam50-binary or none, got 'bogus'"):
+        CVOptions(label_map="bogus")
+    r = runner.invoke(fusion_app, ["cv", str(path), "--label-map", "none", "--exclude-genes", "pam5"])
+    assert r.exit_code == 1 and "--exclude-genes 'pam5' is neither 'pam50' nor a file" in r.output, r.output

@@ -77,9 +77,8 @@ def extract(
     name = check_name(name or config.encoder, "feature set name")
     dev = resolve_device(device)
     if config.decoder == "auto":  # a run choice (RUN_ONLY): the feature set's identity does not change
-        # cpu on a GPU machine too: on an H200 with 16 cores the CPU decoder in the reader workers measured
-        # 4,111 patches/s end to end against 2,959 with nvJPEG, and nvJPEG cannot decode Aperio's RGB tiles
-        # (benchmarks/RESULTS.md, 2026-11-27).
+        # cpu on a GPU machine too: the CPU decoder in the reader workers measured faster end to end than
+        # nvJPEG, which also cannot decode Aperio's RGB tiles (benchmarks/RESULTS.md, gpu_check).
         config = dataclasses.replace(config, decoder="cpu")
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log = _EventLog(store_path, on_event)
