@@ -179,14 +179,16 @@ def provenance(store, cohort: Cohort) -> dict:
 
 def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, opts: CVOptions,
              out: Path | None = None, simulated: bool = False, prov: dict | None = None,
-             model_info: dict | None = None) -> CVRun:
+             model_info: dict | None = None, on_epoch=None) -> CVRun:
+    """``on_epoch(head, done, total)``: the epochs of a torch head as they pass (a progress bar)."""
     spec = get_head(head)
     leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak and opts.strict:  # refused before any training
         raise ValueError(leak["warning"].replace("WARNING: ", "--strict: ", 1))
     exclude, gene_note = _exclusion(opts, cohort) if GENES in spec.modalities else (None, "no genes used")
-    result = cross_validate(cohort, head, assign, view, opts.train, exclude)
-    folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed)
+    result = cross_validate(cohort, head, assign, view, opts.train, exclude,
+                            on_epoch=None if on_epoch is None else lambda done, total: on_epoch(head, done, total))
+    folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed, result.thresholds)
     metrics = {
         "head": head, "modalities": sorted(spec.modalities), "n_patients": len(cohort.patient_ids),
         "positive_class": cohort.classes[1], "negative_class": cohort.classes[0],
@@ -194,7 +196,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
                   "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.y)},
         "folds": folds, "summary": summary, "seconds": round(result.seconds, 3), "params": result.n_params,
         "epochs": result.epochs, "genes": gene_note, "cohort": cohort.summary,
-        "operating_point": operating_point(cohort.y, result.oof, result.thresholds, assign),
+        "operating_point": operating_point(cohort.y, result.oof, result.thresholds, assign, opts.train.operating_point),
         "calibration": {"method": opts.train.calibrate, "fitted_on": "inner validation rows of each fold",
                         "after": reliability(np.tile(cohort.y, assign.shape[0]), result.oof.ravel()),
                         "before": reliability(np.tile(cohort.y, assign.shape[0]), result.uncalibrated.ravel())},
@@ -217,7 +219,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     if out is not None:
         write_cv(Path(out), result, metrics)
         write_cv_report(Path(out), result, metrics)
-        if model_info is not None and spec.kind == "torch":
+        if model_info is not None:
             for i, rec in enumerate(result.fitted):
                 save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
     return CVRun(result, metrics, cohort)
@@ -275,21 +277,24 @@ def _open_existing(store_path: str | Path | featstore.Store):
     return featstore.open(store_path, "a" if os.access(store_path, os.W_OK) else "r")
 
 
-def cv(store_path: str | Path | featstore.Store, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None) -> CVRun:
-    """Cross-validate one head on a store; writes outputs to ``out`` when given."""
+def cv(store_path: str | Path | featstore.Store, head: str, opts: CVOptions = CVOptions(), out: str | Path | None = None,
+       on_epoch=None) -> CVRun:
+    """Cross-validate one head on a store; writes outputs to ``out`` when given. ``on_epoch(head, done, total)``
+    follows the training (a progress bar)."""
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
         simulated = _is_simulated(store, cohort)
         prov = provenance(store, cohort)
         info = model_meta(store, cohort, head, opts) if opts.save_models else None
     assign = _assignments(opts, cohort)
-    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov, info)
+    return run_head(cohort, view, head, assign, opts, Path(out) if out else None, simulated, prov, info, on_epoch)
 
 
 def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "all", opts: CVOptions = CVOptions(),
-          out: str | Path | None = None, on_head=None) -> tuple[list[dict], dict[str, CVRun]]:
+          out: str | Path | None = None, on_head=None, on_epoch=None) -> tuple[list[dict], dict[str, CVRun]]:
     """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC.
-    ``on_head(head, done, total)`` is called as each head starts (a progress bar)."""
+    ``on_head(head, done, total)`` is called as each head starts, ``on_epoch(head, done, total)`` as a torch
+    head's epochs pass (a progress bar)."""
     names = list_heads() if heads == "all" else list(heads)
     for h in names:
         get_head(h)
@@ -304,7 +309,8 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
     for k, h in enumerate(names):
         if on_head is not None:
             on_head(h, k, len(names))
-        runs[h] = run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h))
+        runs[h] = run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h),
+                           on_epoch)
     unimodal = [h for h in names if not get_head(h).multimodal]
     best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
     rows = []

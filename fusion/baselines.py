@@ -4,14 +4,72 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.logistic import _logit, fit_logistic, fit_stack, linear_weights
+from fusion.logistic import fit_logistic, fit_stack, linear_weights
 from fusion.registry import GENES, IMAGE, register_head
 
 # ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
-# A builder ``(*, seed, threads)`` returns ``fit(inputs, y, train, val) -> (predict, parameter count)``, where
-# ``predict(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
+# A builder ``(*, seed, threads)`` returns ``fit(inputs, y, train, val) -> (predictor, parameter count)``, where
+# ``predictor(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
 # (genes: the fold-locally scaled genes; image: the bag mean of the fold-locally projected tokens); only
-# the ``train``/``val`` rows are fitted on.
+# the ``train``/``val`` rows are fitted on. A predictor saves itself as plain arrays (``arrays()``, read back
+# by ``load_predictor``; XGBoost as its own JSON), never as a pickle, so every head can be deployed.
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+class LinearPredictor:
+    """Logistic models as arrays: ``w[j]`` (one weight per input column, zeros where a model was left out
+    or screened a column out) and ``b[j]`` per input ``modalities[j]``, combined as ``coef @ logits + bias``
+    (one input: coef 1, bias 0; ``stack``: its meta-learner)."""
+
+    def __init__(self, modalities: list[str], w: list[np.ndarray], b: np.ndarray, coef: np.ndarray, bias: float):
+        self.modalities, self.w, self.b = modalities, [np.asarray(v, float) for v in w], np.asarray(b, float)
+        self.coef, self.bias = np.asarray(coef, float), float(bias)
+
+    @classmethod
+    def of(cls, modalities: list[str], models: list, dims: list[int], coef=(1.0,), bias: float = 0.0):
+        """From fitted ``fit_logistic`` models (None: an input that predicts nothing)."""
+        w, b = zip(*(linear_weights(m) if m is not None else (np.zeros(d), 0.0) for m, d in zip(models, dims)))
+        return cls(modalities, list(w), np.array(b), np.asarray(coef, float), bias)
+
+    def logit(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        logits = np.stack([inputs[m] @ w + b for m, w, b in zip(self.modalities, self.w, self.b)], axis=1)
+        return logits @ self.coef + self.bias
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return _sigmoid(self.logit(inputs))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"w_{m}": w for m, w in zip(self.modalities, self.w)}, "b": self.b, "coef": self.coef,
+                "bias": np.array(self.bias)}
+
+
+class XGBoostPredictor:
+    def __init__(self, booster):
+        self.booster = booster
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        from xgboost import DMatrix
+
+        return self.booster.predict(DMatrix(inputs[GENES]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        # XGBoost's own JSON model format, as bytes: no pickle, readable by any XGBoost.
+        return {"xgboost_json": np.frombuffer(bytes(self.booster.save_raw("json")), np.uint8)}
+
+
+def load_predictor(arrays: dict[str, np.ndarray], modalities: list[str]):
+    """A predictor back from ``arrays()``."""
+    if "xgboost_json" in arrays:
+        from xgboost import Booster
+
+        booster = Booster()
+        booster.load_model(bytearray(arrays["xgboost_json"].tobytes()))
+        return XGBoostPredictor(booster)
+    order = sorted(modalities)
+    return LinearPredictor(order, [arrays[f"w_{m}"] for m in order], arrays["b"], arrays["coef"], float(arrays["bias"]))
 
 
 @register_head("logreg", {GENES}, "sklearn",
@@ -31,7 +89,7 @@ def _image_logreg(*, seed: int, threads: int):
 def _linear(modality: str, seed: int):
     def fit(inputs, y, tr, val):
         model = fit_logistic(inputs[modality], y, np.concatenate([tr, val]), seed)
-        return ((lambda inp: 1 / (1 + np.exp(-_logit(model, inp[modality])))),
+        return (LinearPredictor.of([modality], [model], [inputs[modality].shape[1]]),
                 1 + (0 if model is None else _n_weights(model)))
     return fit
 
@@ -53,9 +111,12 @@ def _xgboost(*, seed: int, threads: int):
                               scale_pos_weight=(len(tr) - pos) / pos, random_state=seed, n_jobs=threads,
                               tree_method="hist")
         model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False)
+        booster = model.get_booster()
+        # A saved booster predicts with every tree; keep exactly the ones early stopping chose.
+        booster = booster[: model.best_iteration + 1] if getattr(model, "best_iteration", None) is not None else booster
         # Parameters of a tree ensemble: its nodes (split or leaf), counted from the text dump.
-        n_nodes = sum(tree.count("\n") for tree in model.get_booster().get_dump())
-        return (lambda inp: model.predict_proba(inp[GENES])[:, 1]), n_nodes
+        n_nodes = sum(tree.count("\n") for tree in booster.get_dump())
+        return XGBoostPredictor(booster), n_nodes
     return fit
 
 
@@ -66,8 +127,7 @@ def _xgboost(*, seed: int, threads: int):
 def _stack(*, seed: int, threads: int, inner_folds: int = 5):
     def fit(inputs, y, tr, val):
         stack = fit_stack([inputs[GENES], inputs[IMAGE]], y, np.concatenate([tr, val]), seed, inner_folds)
-
-        def predict(inp):
-            return 1 / (1 + np.exp(-stack.decision_function([inp[GENES], inp[IMAGE]])))
-        return predict, 3 + sum(1 + _n_weights(b) for b in stack.bases if b is not None)
+        predictor = LinearPredictor.of([GENES, IMAGE], stack.bases, [inputs[GENES].shape[1], inputs[IMAGE].shape[1]],
+                                       stack.meta_coef, stack.meta_intercept)
+        return predictor, 3 + sum(1 + _n_weights(b) for b in stack.bases if b is not None)
     return fit

@@ -55,18 +55,35 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def choose_threshold(p_val: np.ndarray, y_val: np.ndarray) -> float:
-    """The threshold that maximises Youden's J (sensitivity + specificity - 1) on inner-validation rows,
-    placed midway between neighbouring scores; 0.5 when the rows hold one class only."""
+# How each fold's threshold is chosen on its inner-validation rows (calibrated probabilities), by name.
+OPERATING_POINTS = {
+    "youden": "Youden's J (sensitivity + specificity - 1) at its maximum",
+    "f1": "F1 of the positive class at its maximum",
+    "prior": "the positive class's share of the rows (for calibrated probabilities, the cut that treats both "
+             "classes' errors alike)",
+    "0.5": "0.5, fixed",
+}
+
+
+def choose_threshold(p_val: np.ndarray, y_val: np.ndarray, rule: str = "youden") -> float:
+    """The threshold ``rule`` (``OPERATING_POINTS``) picks on inner-validation rows, placed midway between
+    neighbouring scores; 0.5 when the rows hold one class only."""
+    if rule not in OPERATING_POINTS:
+        raise ValueError(f"operating point must be one of {', '.join(OPERATING_POINTS)}, got {rule!r}")
     y_val = np.asarray(y_val).astype(bool)
-    if y_val.all() or not y_val.any():
+    if rule == "0.5" or y_val.all() or not y_val.any():
         return 0.5
+    if rule == "prior":
+        return float(y_val.mean())
     cuts = np.unique(p_val)
     cands = np.concatenate([[cuts[0] - 1e-9], (cuts[:-1] + cuts[1:]) / 2, [cuts[-1] + 1e-9]]) if len(cuts) > 1 else cuts
     pred = p_val[None, :] >= cands[:, None]
-    sens = (pred & y_val).sum(1) / y_val.sum()
-    spec = (~pred & ~y_val).sum(1) / (~y_val).sum()
-    return float(cands[int(np.argmax(sens + spec))])
+    tp = (pred & y_val).sum(1)
+    if rule == "f1":
+        score = 2 * tp / (tp + pred.sum(1) + y_val.sum())
+    else:
+        score = tp / y_val.sum() + (~pred & ~y_val).sum(1) / (~y_val).sum()
+    return float(cands[int(np.argmax(score))])
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
@@ -85,7 +102,8 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     return {"brier": float(((p - y) ** 2).mean()), "ece": float(ece), "bins": rows}
 
 
-def operating_point(y: np.ndarray, oof: np.ndarray, thresholds: np.ndarray, assign: np.ndarray) -> dict:
+def operating_point(y: np.ndarray, oof: np.ndarray, thresholds: np.ndarray, assign: np.ndarray,
+                    rule: str = "youden") -> dict:
     """Confusion matrix, sensitivity and specificity of the out-of-fold predictions, each fold cut at the
     threshold chosen on its own inner validation (``thresholds``: (R, folds)); pooled over repeats."""
     y = np.asarray(y).astype(bool)
@@ -97,6 +115,7 @@ def operating_point(y: np.ndarray, oof: np.ndarray, thresholds: np.ndarray, assi
         fp += int((pred & ~y).sum())
         tn += int((~pred & ~y).sum())
         fn += int((~pred & y).sum())
-    return {"thresholds": np.round(thresholds, 6).tolist(), "chosen_on": "inner validation (Youden's J)",
+    return {"thresholds": np.round(thresholds, 6).tolist(), "rule": rule,
+            "chosen_on": f"inner validation: {OPERATING_POINTS[rule]}",
             "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
             "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1)}

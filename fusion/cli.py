@@ -139,7 +139,7 @@ def fusion_cv(
     writable_output(out, folder=True)
     with _steps("cross-validating", quiet) as step:
         step(head, 0, 1)
-        run = cv(store, head, opts, out)
+        run = cv(store, head, opts, out, on_epoch=lambda h, done, total: step(f"{h}, epochs", done, total))
     if quiet:
         s = run.metrics["summary"]["roc_auc"]
         console.print(f"{head}: ROC-AUC {s['pooled']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
@@ -167,7 +167,14 @@ def fusion_bench(
     names = "all" if heads == "all" else [h.strip() for h in heads.split(",")]
     writable_output(out, folder=True)
     with _steps("heads", quiet) as step:
-        rows, runs = bench(store, names, opts, out, on_head=step)
+        started: dict[str, str] = {}
+
+        def on_head(h: str, done: int, total: int) -> None:
+            started[h] = f"{h} ({done + 1} of {total} heads)"
+            step(started[h], done, total)
+
+        rows, runs = bench(store, names, opts, out, on_head=on_head,
+                           on_epoch=lambda h, done, total: step(f"{started[h]}, epochs", done, total))
     first = next(iter(runs.values())).metrics
     t = Table(title=f"leaderboard: {first['n_patients']} patients, positive class {first['positive_class']}"
               + (" [SIMULATED data]" if first.get("simulated") else ""))

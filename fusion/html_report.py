@@ -161,8 +161,9 @@ def head_section(result, metrics: dict, p: str = "") -> str:
     out.append("<h3>Per fold</h3><table><tr><th>repeat</th><th>fold</th><th>test patients</th><th>ROC-AUC</th>"
                f"<th>PR-AUC</th><th>bal. acc.</th><th>Brier</th></tr>{folds}</table>")
     out.append(
-        "<h3>Operating point</h3><p>Each fold's threshold is chosen on its own inner validation rows (Youden's J), "
-        "never on its test fold; thresholds: " + ", ".join(f"{t:.3f}" for t in np.ravel(op["thresholds"])) + ".</p>"
+        "<h3>Operating point</h3><p>Each fold's threshold (this confusion matrix, F1 and accuracy) is chosen on its "
+        f"own inner validation rows, never on its test fold ({html.escape(op['chosen_on'])}); thresholds: "
+        + ", ".join(f"{t:.3f}" for t in np.ravel(op["thresholds"])) + ".</p>"
         f"<table><tr><th></th><th>predicted {html.escape(metrics['positive_class'])}</th>"
         f"<th>predicted {html.escape(metrics['negative_class'])}</th></tr>"
         f"<tr><td>true {html.escape(metrics['positive_class'])}</td><td>{_num(p + 'operating_point.confusion.tp', c['tp'])}</td>"

@@ -48,7 +48,8 @@ def average_precision(y: np.ndarray, p: np.ndarray) -> np.ndarray:
         return (recall_gain * precision).sum(1) / n_pos[:, 0]
 
 
-def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict[str, np.ndarray]:
+    """F1, accuracy and balanced accuracy at ``threshold`` (one, or each patient's: its fold's), and Brier."""
     y, p = _rows(y).astype(bool), _rows(p)
     pred = p >= threshold
     tp = (pred & y).sum(1).astype(float)
@@ -63,7 +64,7 @@ def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> d
             "brier": ((p - y) ** 2).mean(1)}
 
 
-def all_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+def all_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict[str, np.ndarray]:
     out = threshold_metrics(y, p, threshold)
     out["roc_auc"] = roc_auc(y, p)
     out["pr_auc"] = average_precision(y, p)
@@ -75,30 +76,36 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed: int = 0,
-                     idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats."""
+                     idx: np.ndarray | None = None, cut: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats;
+    ``cut`` (R, P): each patient's threshold (its fold's), else 0.5."""
     idx = bootstrap_indices(len(y), resamples, seed) if idx is None else idx
-    per_repeat = [all_metrics(y[idx], oof[r][idx]) for r in range(oof.shape[0])]
+    cut = np.full(oof.shape, 0.5) if cut is None else cut
+    per_repeat = [all_metrics(y[idx], oof[r][idx], cut[r][idx]) for r in range(oof.shape[0])]
     return {k: np.nanmean([m[k] for m in per_repeat], axis=0) for k in METRICS}
 
 
-def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[list[dict], dict]:
+def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int = 1000, seed: int = 0,
+              thresholds: np.ndarray | None = None) -> tuple[list[dict], dict]:
     """Per-fold metrics and a summary per metric: ``pooled`` (all patients' out-of-fold predictions, averaged
     over repeats) with its patient-bootstrap ``ci95``, so the point estimate is the one its CI is about, and
-    ``fold_mean``/``fold_std`` over the folds as a separate description of fold-to-fold spread."""
+    ``fold_mean``/``fold_std`` over the folds as a separate description of fold-to-fold spread. F1 and the
+    accuracies cut each fold at its own threshold (``thresholds``: (R, folds), chosen on its inner
+    validation; 0.5 without), the cut of the confusion matrix."""
+    cut = np.full(oof.shape, 0.5) if thresholds is None else np.take_along_axis(thresholds, assign, 1)
     folds = []
     for r in range(assign.shape[0]):
         for f in np.unique(assign[r]):
             rows = assign[r] == f
-            m = all_metrics(y[rows], oof[r, rows])
+            m = all_metrics(y[rows], oof[r, rows], cut[r, rows])
             folds.append({"repeat": r, "fold": int(f), "n_test": int(rows.sum()),
                           **{k: _f(v[0]) for k, v in m.items()}})
-    boot = pooled_bootstrap(y, oof, resamples, seed)
+    boot = pooled_bootstrap(y, oof, resamples, seed, cut=cut)
     summary = {}
     for k in METRICS:
         vals = np.array([f[k] for f in folds], float)
         lo, hi = np.nanpercentile(boot[k], [2.5, 97.5])
-        summary[k] = {"pooled": _f(pooled_metric(y, oof, k)), "ci95": [_f(lo), _f(hi)],
+        summary[k] = {"pooled": _f(pooled_metric(y, oof, k, cut)), "ci95": [_f(lo), _f(hi)],
                       "fold_mean": _f(np.nanmean(vals)),
                       "fold_std": _f(np.nanstd(vals, ddof=1) if len(vals) > 1 else 0.0)}
     return folds, summary
@@ -121,9 +128,11 @@ def _f(v) -> float | None:
     return None if np.isnan(v) else v
 
 
-def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc") -> float:
-    """The metric on all patients' pooled out-of-fold predictions, averaged over repeats."""
-    return float(np.nanmean([all_metrics(y, oof[r])[metric][0] for r in range(oof.shape[0])]))
+def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc", cut: np.ndarray | None = None) -> float:
+    """The metric on all patients' pooled out-of-fold predictions, averaged over repeats (``cut``: as in
+    :func:`pooled_bootstrap`)."""
+    cut = np.full(oof.shape, 0.5) if cut is None else cut
+    return float(np.nanmean([all_metrics(y, oof[r], cut[r])[metric][0] for r in range(oof.shape[0])]))
 
 
 def permutation_importance(y: np.ndarray, oof: np.ndarray, permuted: np.ndarray, metric: str = "roc_auc",

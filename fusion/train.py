@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fusion.calibration import CALIBRATIONS, choose_threshold, fit_calibrator
+from fusion.calibration import CALIBRATIONS, OPERATING_POINTS, choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
 from fusion.fallback import FALLBACKS, back_to_warm_start_unless_significant, copy_models, significantly_better
 from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
@@ -51,6 +51,8 @@ class TrainConfig:
                                       "significantly better than its unimodal branches alone; significant: all "
                                       "training must, against the warm start (the stacked linear models); never: "
                                       "keep what early stopping picks")
+    operating_point: str = _option("youden", "youden | f1 | prior | 0.5: how each fold's threshold (the confusion "
+                                             "matrix, F1, accuracy) is chosen on its inner-validation rows")
     threads: int | None = _option(None, "CPU threads for torch/XGBoost")
     seed: int = 0  # set from the run's --seed
 
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.calibrate not in CALIBRATIONS:
             raise ValueError(f"calibrate must be one of {', '.join(CALIBRATIONS)}, got {self.calibrate!r}")
+        if self.operating_point not in OPERATING_POINTS:
+            raise ValueError(f"operating_point must be one of {', '.join(OPERATING_POINTS)}, got {self.operating_point!r}")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
 
@@ -177,17 +181,20 @@ def _predict(model, data: FoldData, rows: torch.Tensor, chunk: int = 512, perm=N
     return torch.cat(out, dim=1)
 
 
-def train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None = None):
+def train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None = None,
+                on_epoch=None):
     """Fit the M models of a torch head together; returns the model (best weights restored), the epochs run and
-    each model's logits on its inner-validation rows (M, V), predicted while those rows were held out."""
+    each model's logits on its inner-validation rows (M, V), predicted while those rows were held out.
+    ``on_epoch(done, total)`` after every epoch of all M models (a progress bar; ``total`` counts every stage's
+    epochs, and an early stop jumps to the end of its stage)."""
     # Initialisation and dropout draw from torch's global generator: seed it, inside a fork so the
     # caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _train_torch(spec, data, y, cfg, head_kwargs)
+        return _train_torch(spec, data, y, cfg, head_kwargs, on_epoch or (lambda done, total: None))
 
 
-def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None):
+def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig, head_kwargs: dict | None, on_epoch):
     m = data.genes.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     model = spec.build(m, data.genes.shape[-1], data.tokens.shape[-1], snn=cfg.snn, **(head_kwargs or {}))
@@ -234,13 +241,15 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     moved = torch.zeros(m, dtype=torch.bool)  # left the starting point
     fused = torch.zeros(m, dtype=torch.bool)  # improved on in the fusion stage
     unimodal = None  # (state, validation logits) where the fusion stage began
-    for stage in (model.stages() if hasattr(model, "stages") else [None]):
+    stages = list(model.stages()) if hasattr(model, "stages") else [None]
+    for k, stage in enumerate(stages):
         if stage is not None:
             model.load_state_dict(best_state)
             unimodal = {k: v.clone() for k, v in best_state.items()}, _predict(model, data, val_idx)
             stage()
             stale = torch.zeros(m, dtype=torch.long)
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
+            on_epoch(k * cfg.epochs + epoch, len(stages) * cfg.epochs)
             # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
             order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-span // len(r)))[:span]
                                  for r in data.train])
@@ -267,6 +276,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
             if (stale >= cfg.patience).all():
                 break
+        on_epoch((k + 1) * cfg.epochs, len(stages) * cfg.epochs)
     model.load_state_dict(best_state)
     if not warm:
         model.eval()
@@ -296,11 +306,13 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
 
 def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | None = None,
                    cfg: TrainConfig = TrainConfig(), exclude_genes: np.ndarray | None = None,
-                   permutations: int = 5, head_kwargs: dict | None = None, rows: list | None = None) -> CVResult:
+                   permutations: int = 5, head_kwargs: dict | None = None, rows: list | None = None,
+                   on_epoch=None) -> CVResult:
     """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``.
 
     A multimodal head is also re-predicted ``permutations`` times with one modality shuffled among the
-    patients of each test fold (permutation importance); ``permutations=0`` skips that."""
+    patients of each test fold (permutation importance); ``permutations=0`` skips that. ``on_epoch(done,
+    total)``: the torch heads' epochs, for a progress bar."""
     spec = get_head(head)
     if IMAGE in spec.modalities and view is None:
         raise ValueError(f"head {head!r} uses image bags; pass a view")
@@ -316,7 +328,7 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
         if spec.kind == "sklearn":
             raw_predict, n_params, epochs, val_probs, model = _fit_sklearn(spec, data, y, cfg)
         else:
-            model, epochs, val_logits = train_torch(spec, data, y, cfg, head_kwargs)
+            model, epochs, val_logits = train_torch(spec, data, y, cfg, head_kwargs, on_epoch)
             n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
             test_idx, test_valid = _padded(data.test)
             val_idx, val_valid = _padded(data.val)
@@ -330,7 +342,7 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
         thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
         for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
             rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
-            rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]])
+            rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]], cfg.operating_point)
             thresholds[rec["repeat"], rec["fold"]] = rec["threshold"]
 
         def predict(perm=None):

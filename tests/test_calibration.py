@@ -41,3 +41,26 @@ def test_platt_never_turns_a_ranking_round_and_the_threshold_maximises_youden_on
         s2 = ((p >= other) & (y == 1)).sum() / y.sum() + ((p < other) & (y == 0)).sum() / (1 - y).sum()
         assert sens + spec >= s2 - 1e-12
     assert choose_threshold(p, np.ones_like(y)) == 0.5
+
+
+def test_each_operating_point_picks_its_own_threshold_and_f1_is_scored_at_each_folds_threshold():
+    from fusion.metrics import summarise
+
+    p, y = _overconfident(200, 3)
+    t = choose_threshold(p, y, "f1")
+    f1 = lambda cut: 2 * ((p >= cut) & (y == 1)).sum() / ((p >= cut).sum() + y.sum())  # noqa: E731
+    assert all(f1(t) >= f1(other) - 1e-12 for other in np.linspace(0.01, 0.99, 99))
+    assert choose_threshold(p, y, "prior") == y.mean() and choose_threshold(p, y, "0.5") == 0.5
+    with pytest.raises(ValueError, match="operating point must be one of youden, f1, prior, 0.5"):
+        choose_threshold(p, y, "max")
+    # Two folds cut at different thresholds: F1 and the accuracies are those of each fold's own cut.
+    assign = (np.arange(200) % 2)[None]
+    thresholds = np.array([[0.3, 0.7]])
+    folds, summary = summarise(y, p[None], assign, resamples=50, thresholds=thresholds)
+    pred = p >= np.where(assign[0] == 0, 0.3, 0.7)
+    tp, fp, fn = (pred & (y == 1)).sum(), (pred & (y == 0)).sum(), (~pred & (y == 1)).sum()
+    assert summary["f1"]["pooled"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert summary["accuracy"]["pooled"] == pytest.approx((pred == (y == 1)).mean())
+    fold0 = assign[0] == 0
+    assert folds[0]["accuracy"] == pytest.approx((pred[fold0] == (y[fold0] == 1)).mean())
+    assert summary["roc_auc"]["pooled"] == summarise(y, p[None], assign, resamples=50)[1]["roc_auc"]["pooled"]

@@ -192,6 +192,12 @@ def test_the_python_api_takes_an_open_store_and_training_options_where_a_user_pu
     assert run.metrics["n_patients"] == 40
     opts = CVOptions(epochs=50, patience=3)
     assert (opts.train.epochs, opts.train.patience) == (50, 3)
+    # A progress bar inside a head: every epoch of every stage, ending at its total (3 epochs x 2 stages).
+    seen = []
+    cv(path, "concat", CVOptions(label_map=None, folds=2, bootstrap=100, epochs=3, patience=3, token_dim=4),
+       on_epoch=lambda head, done, total: seen.append((head, done, total)))
+    assert seen[0] == ("concat", 0, 6) and seen[-1] == ("concat", 6, 6)
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
     with pytest.raises(ValueError, match=r"label_map \(--label-map\) must be one of pam50-binary or none, got 'bogus'"):
         CVOptions(label_map="bogus")
     r = runner.invoke(fusion_app, ["cv", str(path), "--label-map", "none", "--exclude-genes", "pam5"])

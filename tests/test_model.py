@@ -101,14 +101,33 @@ def test_cv_save_models_and_the_cli_predict_the_mean_of_the_fold_ensemble(store,
     np.testing.assert_allclose([p[ids.index(k)] for k in oof], list(oof.values()), atol=1e-6)
 
 
-def test_cli_fit_and_a_baseline_head_is_refused_with_the_reason(store, tmp_path):
+@pytest.mark.parametrize("head", ["logreg", "image_logreg", "stack", "xgboost"])
+def test_a_baseline_head_is_saved_as_plain_arrays_and_predicts_exactly_as_it_was_fitted(store, tmp_path, head):
+    """stack tops most leaderboards: every head is deployable, saved without a pickle (XGBoost in its own JSON)."""
+    res = fit(store, head, CVOptions(label_map=None, train=FAST), tmp_path / "m")
+    assert {f.name for f in (tmp_path / "m").iterdir()} == {"model.json", "preprocess.npz", "head.npz"}
+    with np.load(tmp_path / "m" / "head.npz", allow_pickle=False) as z:  # plain numbers only
+        assert all(z[k].dtype.kind in "fu" for k in z.files)
+    ids, p, _ = predict(tmp_path / "m", store)
+    assert ids == res["patient_ids"]
+    np.testing.assert_array_equal(p, res["p_positive"])
+    # The fold ensemble of cv --save-models predicts each fold's out-of-fold predictions back.
+    run = cv(store, head, CVOptions(label_map=None, train=FAST, save_models=True, folds=2), out=tmp_path / "cv")
+    for folder in model_folders(tmp_path / "cv" / "models"):
+        m = load_model(folder)
+        test = run.result.assign[0] == m.meta["fold"]
+        got = predict(folder, store, [pid for pid, t in zip(ids, test) if t])[1]
+        np.testing.assert_allclose(got, run.result.oof[0, test], rtol=1e-10)
+
+
+def test_cli_fit_saves_a_torch_head_and_a_baseline(store, tmp_path):
     r = runner.invoke(fusion_app, ["fit", str(store), "--head", "gene_mlp", "--out", str(tmp_path / "m"),
                                    "--label-map", "none", "--epochs", "5"])
     assert r.exit_code == 0, r.output
     assert "trained on 100 patients" in r.output
     r = runner.invoke(fusion_app, ["fit", str(store), "--head", "xgboost", "--out", str(tmp_path / "x"),
                                    "--label-map", "none"])
-    assert r.exit_code == 1 and "never a pickle" in r.output
+    assert r.exit_code == 0 and "trained on 100 patients" in r.output, r.output
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_model(tmp_path / "m").meta["head"] == "gene_mlp"
