@@ -17,13 +17,11 @@ class StoreChecks:
         their metadata and those a dead writer left aside included; every chunk must be on disk (Zarr);
         ``deep`` also re-hashes every array against the digest recorded at commit."""
         problems: list[str] = []
-        nodes = self.inventory(problems)
-        for kind, node, where in nodes:
-            if kind != "feature set":
-                problems += self._check_integrity(node, where, deep)
         dims: dict[str, int | None] = {}
-        for kind, node, where in nodes:
+        for kind, node, where in self.inventory(problems):
             try:
+                if kind != "feature set":
+                    problems += self._check_integrity(node, where, deep)
                 if kind == "feature set":
                     info = self._backend.attrs(node)
                     problems += [f"{where}: attribute {key!r} missing" for key in ("config", "config_hash") if key not in info]
@@ -70,7 +68,7 @@ class StoreChecks:
 
         for top, node_type in be.entries("").items():
             if node_type is None:
-                problems.append(f"group {top}: zarr.json missing (remove nothing: write any object to restore it)")
+                problems.append(f"group {top}: zarr.json missing, its metadata is lost")
 
         def feature_set(fs: str) -> None:
             walk(f"features/{fs}/slides", "slide", f"feature set {fs}, slide ")

@@ -282,10 +282,7 @@ def _predict_one(model: Model, store, genes: str | None, patients: list[str], vi
     else:
         g, g_present = np.zeros((n, model.meta["gene_dim"]), np.float32), np.zeros(n, bool)
     if IMAGE in mods:
-        tokens, mask, weights = view.for_patients(patients)
-        if "token_components" in model.pre:
-            tokens = ((tokens - model.pre["token_mean"]) @ model.pre["token_components"]).astype(np.float32)
-            tokens *= mask[..., None]
+        tokens, mask, weights = _projected_tokens(model, patients, view)
         i_present = mask.any(1)
     else:
         tokens, mask, weights = np.zeros((n, 1, 1), np.float32), np.ones((n, 1), bool), np.ones((n, 1), np.float32)
@@ -304,14 +301,19 @@ def _baseline_inputs(model: Model, store, genes: str | None, patients: list[str]
     if GENES in mods:
         inputs[GENES] = _genes_for(model, store, genes, patients)[0]
     if IMAGE in mods:
-        tokens, mask, weights = view.for_patients(patients)
-        if "token_components" in model.pre:
-            tokens = ((tokens - model.pre["token_mean"]) @ model.pre["token_components"]).astype(np.float32)
-            tokens *= mask[..., None]
-        present = mask.any(1)
+        tokens, mask, weights = _projected_tokens(model, patients, view)
         inputs[IMAGE] = weighted_mean(torch.from_numpy(tokens.astype(np.float32)),
-                                      torch.from_numpy((weights * present[:, None]).astype(np.float32))).numpy()
+                                      torch.from_numpy((weights * mask.any(1)[:, None]).astype(np.float32))).numpy()
     return inputs
+
+
+def _projected_tokens(model: Model, patients: list[str], view) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The view's tokens, mask and weights of ``patients``, the tokens projected by the model's training PCA."""
+    tokens, mask, weights = view.for_patients(patients)
+    if "token_components" in model.pre:
+        tokens = ((tokens - model.pre["token_mean"]) @ model.pre["token_components"]).astype(np.float32)
+        tokens *= mask[..., None]
+    return tokens, mask, weights
 
 
 def read_patient_list(path) -> list[str]:
