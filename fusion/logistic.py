@@ -51,6 +51,16 @@ def linear_weights(model) -> tuple[np.ndarray, float]:
 _FITTED = Memo(256)  # fit_logistic's results by a digest of all its inputs
 
 
+def _one_blas_thread(fit):
+    """``fit()`` with BLAS on one thread. These fits are small (hundreds of rows, one model at a time), where
+    OpenBLAS's threads cost more than they give (docs/heads.md, "Measurements behind the code"); and one
+    thread sums in one order, so the fitted models are the same on any number of cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return fit()
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int = 3):
     """A logistic regression on ``rows``, its penalty or gene screening (``CANDIDATES``) chosen by stratified CV
     log-loss on those rows only.
@@ -63,7 +73,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fold
     fusion heads of a bench warm-start from the same fold inputs, and each would otherwise refit the same
     72 models.
     """
-    return _FITTED.get(digest(x, y, rows, seed, folds), lambda: _fit_logistic(x, y, rows, seed, folds))
+    return _FITTED.get(digest(x, y, rows, seed, folds), lambda: _one_blas_thread(lambda: _fit_logistic(x, y, rows, seed, folds)))
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int):
@@ -120,7 +130,8 @@ def fit_stack(xs: list[np.ndarray], y: np.ndarray, rows: np.ndarray, seed: int, 
     Each base model's penalty is chosen once, on ``rows`` (fit_logistic's own inner CV); the out-of-fold logits
     are refits of that model on the inner folds. Choosing it again inside every inner fold (nested) cost 5x
     the time for the same penalties."""
-    return _STACKED.get(digest(*xs, y, rows, seed, inner_folds), lambda: _fit_stack(xs, y, rows, seed, inner_folds))
+    return _STACKED.get(digest(*xs, y, rows, seed, inner_folds),
+                        lambda: _one_blas_thread(lambda: _fit_stack(xs, y, rows, seed, inner_folds)))
 
 
 def _fit_stack(xs: list[np.ndarray], y: np.ndarray, rows: np.ndarray, seed: int, inner_folds: int) -> Stack:

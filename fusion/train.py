@@ -371,7 +371,9 @@ def bag_means(data: FoldData, i: int) -> np.ndarray:
 
 def _fit_sklearn(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig):
     """Fit one sklearn/XGBoost model per fold; returns ``predict(perm=None)`` over the test folds."""
-    fit = spec.build(seed=cfg.seed, threads=cfg.threads or 1)
+    # XGBoost on as many threads as torch: its hist trees are the same on any number of threads (measured
+    # bitwise), only faster.
+    fit = spec.build(seed=cfg.seed, threads=cfg.threads or torch.get_num_threads())
     inputs, predictors, n_params = [], [], 0
     for i in range(len(data.test)):
         inp = {GENES: data.genes[i].numpy()}

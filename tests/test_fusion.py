@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -67,6 +68,13 @@ def test_gene_baselines_on_real_tcga_brca_reach_095(brca, tmp_path):
     assert (tmp_path / "b" / "leaderboard.md").exists() and (tmp_path / "b" / "logreg" / "curves.png").exists()
     excl = cv(brca, "logreg", CVOptions(exclude_genes="pam50", train=FAST))
     assert excl.metrics["genes"].startswith("excluded")
+
+
+def test_xgboost_predicts_the_same_on_any_number_of_threads(brca):
+    """XGBoost runs on torch's threads (all cores unless --threads): that may not move a prediction, so a run
+    gives the same answer on a laptop and on a 64-core node."""
+    one, two = (cv(brca, "xgboost", CVOptions(train=dataclasses.replace(FAST, threads=t))) for t in (1, 2))
+    np.testing.assert_array_equal(one.result.oof, two.result.oof)
 
 
 def test_permuted_labels_are_at_chance(brca, tmp_path):
