@@ -184,6 +184,9 @@ class Store(StagedCommits, StoreTables, StoreChecks):
                 return
             except NodeExistsError:  # another run made it first: checked like any existing one
                 self._backend.delete(stage)
+            except BaseException:
+                self._backend.delete(stage)
+                raise
         existing = self._attrs(path)
         if existing.get("config_hash") != config_hash:
             old, new = existing.get("config", {}), jsonable(dict(config))

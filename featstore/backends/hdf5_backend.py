@@ -52,9 +52,16 @@ class HDF5Backend:
             with h5py.File(tmp, "w") as f:
                 for k, v in jsonable(root_attrs).items():
                     f.attrs[k] = json.dumps(v)
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as exc:  # a file system without hard links: the nearest it offers
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if path.exists():
+                    return False
+                os.rename(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         return True
