@@ -614,6 +614,7 @@ def test_a_new_head_is_one_class_registered_as_the_docs_show(sim_split):
     (dict(inner_val=1.0), "strictly between 0 and 1"),
     (dict(lr=0.0), "lr must be > 0"),
     (dict(calibrate="beta"), "calibrate must be one of none, platt, isotonic, got 'beta'"),
+    (dict(operating_point="max"), "operating_point must be one of youden, f1, prior, 0.5, got 'max'"),
 ])
 def test_training_options_are_refused_by_name(kwargs, words):
     with pytest.raises(ValueError, match=re.escape(words)):
