@@ -16,9 +16,9 @@ def check_name(name: str, what: str) -> str:
         raise ValueError(f"{what} {name!r} may not contain '/' or start with '.' or '_'")
     # Bytes, not characters: a name is a path component, and file systems bound those at 255 bytes (the
     # export adds a suffix to it; staging paths never hold it).
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
-        raise ValueError(f"{what} {name[:40]!r}... is {len(name.encode('utf-8', 'surrogatepass'))} bytes long in UTF-8; "
-                         f"at most {MAX_NAME}")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME:
+        raise ValueError(f"{what} {name[:40]!r}... is {size} bytes long in UTF-8; at most {MAX_NAME}")
     if name in _RESERVED or not name.isprintable():
         raise ValueError(f"{what} {name!r} is reserved by the store layout or holds unprintable characters")
     return name

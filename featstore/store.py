@@ -125,16 +125,22 @@ class Store(StagedCommits, StoreTables, StoreChecks):
             raise StoreError(f"store {self.path} is open read-only; open it with mode='a' to write")
 
     # ---- names ----------------------------------------------------------------------------------
-    def _names(self, parent: str, what: str) -> list[str]:
-        """The objects committed under ``parent``, those moved aside by a replacement under way included. A
-        folder that lost its zarr.json is an error naming it: skipping it would hide data without a word."""
+    def _children(self, parent: str, asides: dict[str, str]) -> tuple[list[str], list[str]]:
+        """The objects under ``parent`` (those moved aside by a replacement, in ``asides``, included) and the
+        folders there that lost their zarr.json: what every listing, and validate, reads the store as."""
         entries = self._backend.entries(parent)
-        if lost := [n for n, t in entries.items() if t is None]:
+        names = {n for n, t in entries.items() if t == "group"}
+        names |= {final.rsplit("/", 1)[1] for final in asides if final.rsplit("/", 1)[0] == parent}
+        return sorted(names), [n for n, t in entries.items() if t is None]
+
+    def _names(self, parent: str, what: str) -> list[str]:
+        """The objects committed under ``parent``. A folder that lost its zarr.json is an error naming it:
+        skipping it would hide data without a word."""
+        names, lost = self._children(parent, self.asides())
+        if lost:
             raise StoreError(f"{self.path}: {what} {lost[0]!r} has lost its metadata (zarr.json is missing); "
                              "featstore validate lists the damage")
-        names = {n for n, t in entries.items() if t == "group"}
-        names |= {final.rsplit("/", 1)[1] for final in self.asides() if final.rsplit("/", 1)[0] == parent}
-        return sorted(names)
+        return names
 
     def _attrs(self, final: str) -> dict:
         return self._backend.attrs(self._locate(final) or final)

@@ -47,14 +47,11 @@ class StoreChecks:
         out: list[tuple[str, str, str]] = []
 
         def walk(parent: str, kind: str, words: str, descend=None) -> None:
-            entries = be.entries(parent)
-            for name, node_type in entries.items():
-                if node_type is None:
-                    problems.append(f"{words}{name}: zarr.json missing, its metadata is lost (every reader refuses "
-                                    f"it; remove the folder {parent}/{name} and write it again)")
-            names = {n for n, t in entries.items() if t == "group"}
-            names |= {f.rsplit("/", 1)[1] for f in asides if f.rsplit("/", 1)[0] == parent}
-            for name in sorted(names):
+            names, lost = self._children(parent, asides)
+            for name in lost:
+                problems.append(f"{words}{name}: zarr.json missing, its metadata is lost (every reader refuses "
+                                f"it; remove the folder {parent}/{name} and write it again)")
+            for name in names:
                 final = f"{parent}/{name}"
                 node = asides.get(final, final) if not be.has(final) else final
                 if node != final and node.split("/")[1] not in live:
@@ -63,7 +60,7 @@ class StoreChecks:
                                     "this store puts it back")
                 out.append((kind, node, f"{words}{name}"))
             if descend:
-                for name in sorted(entries):  # lost ones too: what they hold is still checked
+                for name in sorted({*names, *lost}):  # lost ones too: what they hold is still checked
                     descend(name)
 
         for top, node_type in be.entries("").items():

@@ -32,7 +32,7 @@ class SlideWriter:
         be = store._backend
         # The commit this writer may replace (a redo of a changed slide); any other commit that appears at
         # the final path meanwhile is a concurrent run's, and is kept.
-        self._replaces = store._attrs(final_path).get("commit_id") if store._locate(final_path) else None
+        self._replaces = self._current_commit()
         self._stage = store._new_staging()
         self._rows = row_chunks(n, dim * np.dtype(dtype).itemsize)
         self._features = be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim))
@@ -99,7 +99,7 @@ class SlideWriter:
         be = self._store._backend
         be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests,
                                    "commit_id": uuid.uuid4().hex})
-        current = self._store._attrs(self._final).get("commit_id") if self._store._locate(self._final) else None
+        current = self._current_commit()
         if current is not None and current != self._replaces:
             self.abort()
             raise AlreadyCommittedError(f"{self._final}: already committed by another run")
@@ -114,6 +114,11 @@ class SlideWriter:
         # A success supersedes an earlier failure record of the same slide.
         be.delete(self._final.replace("/slides/", "/failed/"))
         be.flush()
+
+    def _current_commit(self) -> str | None:
+        """The commit id of the slide at the final path now (read aside while it is being replaced), or None."""
+        node = self._store._locate(self._final)
+        return None if node is None else self._store._backend.attrs(node).get("commit_id")
 
     def abort(self) -> None:
         self._store._backend.delete(self._stage)

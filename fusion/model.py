@@ -214,9 +214,7 @@ def _genes_for(model: Model, store, table: str | None, patients: list[str]) -> t
         warnings.warn(f"{len(missing)} of the model's {len(want)} genes are missing from the store and imputed with "
                       f"the training means: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}",
                       stacklevel=2)
-    row, notes = patient_rows(expr)
-    for note in notes:
-        warnings.warn(f"expression table {table or expr.provenance.get('source_name', '')}: {note}", stacklevel=2)
+    row = patient_rows(expr)[0]  # its notes are warned once, in predict
     x = np.full((len(patients), len(want)), np.nan, np.float32)
     present = np.array([p in row for p in patients])
     take = [j for j, g in enumerate(want) if g in col]
@@ -248,7 +246,12 @@ def predict(model_path, store_path, patients: list[str] | None = None, features:
                 _check_feature_set(m, store, fs)
             for sid in store.slides(fs):
                 slides.setdefault(store.slide_attrs(fs, sid)["patient_id"], []).append(sid)
-        gene_patients = set(patient_rows(store.read_expression(genes))[0]) if GENES in mods else set()
+        gene_patients: set[str] = set()
+        if GENES in mods:
+            rows, notes = patient_rows(store.read_expression(genes))
+            gene_patients = set(rows)
+            for note in notes:
+                warnings.warn(f"expression table {genes or store.resolve('expression', None)}: {note}", stacklevel=2)
         if patients is None:
             have = [set(slides)] * (IMAGE in mods) + [gene_patients] * (GENES in mods)
             patients = sorted(set.intersection(*have))

@@ -242,14 +242,14 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     fused = torch.zeros(m, dtype=torch.bool)  # improved on in the fusion stage
     unimodal = None  # (state, validation logits) where the fusion stage began
     stages = list(model.stages()) if hasattr(model, "stages") else [None]
-    for k, stage in enumerate(stages):
+    for stage_no, stage in enumerate(stages):
         if stage is not None:
             model.load_state_dict(best_state)
             unimodal = {k: v.clone() for k, v in best_state.items()}, _predict(model, data, val_idx)
             stage()
             stale = torch.zeros(m, dtype=torch.long)
         for epoch in range(cfg.epochs):
-            on_epoch(k * cfg.epochs + epoch, len(stages) * cfg.epochs)
+            on_epoch(stage_no * cfg.epochs + epoch, len(stages) * cfg.epochs)
             # One permutation per model, cycled to a common length: every model sees all its rows each epoch.
             order = torch.stack([torch.from_numpy(r)[torch.randperm(len(r), generator=gen)].repeat(-(-span // len(r)))[:span]
                                  for r in data.train])
@@ -276,7 +276,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
             if (stale >= cfg.patience).all():
                 break
-        on_epoch((k + 1) * cfg.epochs, len(stages) * cfg.epochs)
+        on_epoch((stage_no + 1) * cfg.epochs, len(stages) * cfg.epochs)
     model.load_state_dict(best_state)
     if not warm:
         model.eval()

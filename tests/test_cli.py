@@ -184,11 +184,11 @@ def test_the_python_api_takes_an_open_store_and_training_options_where_a_user_pu
     from fusion.api import CVOptions, cv
     from fusion.simulate import simulate_cohort
 
-    path = tmp_path / "s.zarr"
+    path = tmp_path / "s.h5"  # HDF5: reading a closed store fails, so "left open" is checked
     simulate_cohort(path, patients=40, patches=4, dim=4, genes=10, seed=1).close()
     with featstore.open(path) as s:  # an open Store, as a user of the Python API has one
         run = cv(s, "logreg", CVOptions(label_map=None, folds=2, bootstrap=100))
-        assert s.tables()  # still open: the caller owns it
+        assert s.read_labels().patient_ids  # still open: the caller owns it
     assert run.metrics["n_patients"] == 40
     opts = CVOptions(epochs=50, patience=3)
     assert (opts.train.epochs, opts.train.patience) == (50, 3)
