@@ -309,18 +309,21 @@ def test_a_fusion_head_starts_from_the_stacked_unimodal_models():
 
 
 def test_a_screened_gene_model_is_carried_exactly_into_the_fusion_heads_gene_logit():
-    """Where a few of many genes carry the signal, fit_logistic chooses univariate screening + L2 (a pipeline);
-    a fusion head's linear gene logit is that pipeline as one weight per gene, zero off the screened genes."""
+    """Where a few of many genes carry the signal, fit_logistic chooses univariate screening + L2; a fusion head's
+    linear gene logit is that model as one weight per gene, zero off the screened genes."""
+    from sklearn.feature_selection import f_classif
+
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 100)
     genes = rng.standard_normal((200, 1000))
     genes[:, :8] += 0.8 * y[:, None]
     everyone = np.arange(200)
     base = fit_logistic(genes, y, everyone, seed=0)
-    assert hasattr(base, "steps"), f"expected the screened candidate, got {base}"
+    assert base.candidate[0] == "top", f"expected the screened candidate, got {base.candidate}"
     weights, intercept = linear_weights(base)
-    k = base[0].k
-    assert np.count_nonzero(weights) == k < 1000 and set(np.flatnonzero(weights)) == set(np.flatnonzero(base[0].get_support()))
+    k = base.candidate[1]
+    screened = np.sort(np.argsort(f_classif(genes, y)[0], kind="mergesort")[-k:])  # SelectKBest's choice
+    assert np.count_nonzero(weights) == k < 1000 and set(np.flatnonzero(weights)) == set(screened)
     np.testing.assert_allclose(genes @ weights + intercept, base.decision_function(genes), rtol=1e-9, atol=1e-9)
     model = HEADS["late"].build(1, 1000, 3)
     tokens = np.zeros((200, 2, 3), np.float32)  # an image without signal: the stack's image base is None
