@@ -104,9 +104,11 @@ class FoldMultiheadCrossAttention(nn.Module):
         q = self.q(queries).view(m, b, t, h, d // h).transpose(2, 3)  # (M, B, H, T, dh)
         k = self.k(keys).view(m, b, k_len, h, d // h).transpose(2, 3)
         v = self.v(keys).view(m, b, k_len, h, d // h).transpose(2, 3)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (M, B, H, T, K)
+        # Scores keys-first, (M, B, H, K, T), normalised over dim -2: torch's softmax along a last dimension of a
+        # few keys (8 gene tokens) took longer than the rest of the layer.
+        scores = k @ q.transpose(-1, -2) / math.sqrt(d // h)
         if key_prior is not None:
-            scores = scores + key_prior[:, :, None, None, :]
-        attn = masked_softmax(scores, key_mask[:, :, None, None, :], dim=-1)
-        out = (attn @ v).transpose(2, 3).reshape(m, b, t, d)
+            scores = scores + key_prior[:, :, None, :, None]
+        attn = masked_softmax(scores, key_mask[:, :, None, :, None], dim=-2)
+        out = (attn.transpose(-1, -2) @ v).transpose(2, 3).reshape(m, b, t, d)
         return self.o(out)

@@ -64,11 +64,16 @@ def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarra
             "brier": ((p - y) ** 2).mean(1)}
 
 
-def all_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict[str, np.ndarray]:
-    out = threshold_metrics(y, p, threshold)
-    out["roc_auc"] = roc_auc(y, p)
-    out["pr_auc"] = average_precision(y, p)
-    return {k: out[k] for k in METRICS}
+def all_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray = 0.5,
+                metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
+    """``metrics`` per row; the ranking metrics are computed only when asked for (a bootstrap of one metric
+    was mostly spent on the others)."""
+    out = threshold_metrics(y, p, threshold) if set(metrics) - {"roc_auc", "pr_auc"} else {}
+    if "roc_auc" in metrics:
+        out["roc_auc"] = roc_auc(y, p)
+    if "pr_auc" in metrics:
+        out["pr_auc"] = average_precision(y, p)
+    return {k: out[k] for k in metrics}
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -76,13 +81,14 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed: int = 0,
-                     idx: np.ndarray | None = None, cut: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                     idx: np.ndarray | None = None, cut: np.ndarray | None = None,
+                     metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
     """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats;
     ``cut`` (R, P): each patient's threshold (its fold's), else 0.5."""
     idx = bootstrap_indices(len(y), resamples, seed) if idx is None else idx
     cut = np.full(oof.shape, 0.5) if cut is None else cut
-    per_repeat = [all_metrics(y[idx], oof[r][idx], cut[r][idx]) for r in range(oof.shape[0])]
-    return {k: np.nanmean([m[k] for m in per_repeat], axis=0) for k in METRICS}
+    per_repeat = [all_metrics(y[idx], oof[r][idx], cut[r][idx], metrics) for r in range(oof.shape[0])]
+    return {k: np.nanmean([m[k] for m in per_repeat], axis=0) for k in metrics}
 
 
 def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int = 1000, seed: int = 0,
@@ -115,8 +121,8 @@ def paired_difference(y: np.ndarray, oof_a: np.ndarray, oof_b: np.ndarray, metri
                       resamples: int = 1000, seed: int = 0) -> dict:
     """metric(a) - metric(b) on the pooled predictions, with a CI from resampling the same patients for both."""
     idx = bootstrap_indices(len(y), resamples, seed)
-    a = pooled_bootstrap(y, oof_a, idx=idx)[metric]
-    b = pooled_bootstrap(y, oof_b, idx=idx)[metric]
+    a = pooled_bootstrap(y, oof_a, idx=idx, metrics=(metric,))[metric]
+    b = pooled_bootstrap(y, oof_b, idx=idx, metrics=(metric,))[metric]
     lo, hi = np.nanpercentile(a - b, [2.5, 97.5])
     return {"metric": metric, "difference": _f(pooled_metric(y, oof_a, metric) - pooled_metric(y, oof_b, metric)),
             "ci95": [_f(lo), _f(hi)], "within_noise": bool(lo <= 0 <= hi)}
@@ -132,7 +138,7 @@ def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc", cut: 
     """The metric on all patients' pooled out-of-fold predictions, averaged over repeats (``cut``: as in
     :func:`pooled_bootstrap`)."""
     cut = np.full(oof.shape, 0.5) if cut is None else cut
-    return float(np.nanmean([all_metrics(y, oof[r], cut[r])[metric][0] for r in range(oof.shape[0])]))
+    return float(np.nanmean([all_metrics(y, oof[r], cut[r], (metric,))[metric][0] for r in range(oof.shape[0])]))
 
 
 def permutation_importance(y: np.ndarray, oof: np.ndarray, permuted: np.ndarray, metric: str = "roc_auc",
@@ -147,8 +153,8 @@ def permutation_importance(y: np.ndarray, oof: np.ndarray, permuted: np.ndarray,
     use of it does not help, gets a CI that covers 0.
     """
     idx = bootstrap_indices(len(y), resamples, seed)
-    intact = pooled_bootstrap(y, oof, idx=idx)[metric]
-    shuffled = np.stack([pooled_bootstrap(y, p, idx=idx)[metric] for p in permuted])  # (permutations, resamples)
+    intact = pooled_bootstrap(y, oof, idx=idx, metrics=(metric,))[metric]
+    shuffled = np.stack([pooled_bootstrap(y, p, idx=idx, metrics=(metric,))[metric] for p in permuted])  # (permutations, resamples)
     pick = np.random.default_rng([seed, 1]).integers(0, len(permuted), size=resamples)
     drop = pooled_metric(y, oof, metric) - float(np.mean([pooled_metric(y, p, metric) for p in permuted]))
     lo, hi = np.nanpercentile(intact - shuffled[pick, np.arange(resamples)], [2.5, 97.5])
