@@ -16,6 +16,7 @@ from featstore.errors import StoreError
 from featstore.tables import LABEL_MAPS
 from fusion.calibration import operating_point, reliability
 from fusion.cohort import Cohort, load_cohort
+from fusion.contract import create_head
 from fusion.fallback import FALLBACKS
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.html_report import write_bench_report, write_cv_report
@@ -181,12 +182,13 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
              out: Path | None = None, simulated: bool = False, prov: dict | None = None,
              model_info: dict | None = None, on_epoch=None) -> CVRun:
     """``on_epoch(head, done, total)``: the epochs of a torch head as they pass (a progress bar)."""
-    spec = get_head(head)
+    resolved = create_head(head)  # once: everything below asks it, never which kind it is
+    spec = resolved.spec
     leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak and opts.strict:  # refused before any training
         raise ValueError(leak["warning"].replace("WARNING: ", "--strict: ", 1))
     exclude, gene_note = _exclusion(opts, cohort) if GENES in spec.modalities else (None, "no genes used")
-    result = cross_validate(cohort, head, assign, view, opts.train, exclude,
+    result = cross_validate(cohort, resolved, assign, view, opts.train, exclude,
                             on_epoch=None if on_epoch is None else lambda done, total: on_epoch(head, done, total))
     folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed, result.thresholds)
     metrics = {
@@ -204,11 +206,11 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
                                            "method": opts.view_method},
         "simulated": simulated, "provenance": prov or {},
     }
-    kept = getattr(result.model, "trained_kept", None)
-    if kept is not None:
-        metrics["trained_kept"] = {"per_model": kept, "rule": FALLBACKS[opts.train.fallback]}
-        if getattr(result.model, "fusion_kept", None) is not None:
-            metrics["trained_kept"]["fusion_term_kept"] = result.model.fusion_kept
+    verdicts = result.models.verdicts
+    if "trained_kept" in verdicts:
+        metrics["trained_kept"] = {"per_model": verdicts["trained_kept"], "rule": FALLBACKS[opts.train.fallback]}
+        if "fusion_term_kept" in verdicts:
+            metrics["trained_kept"]["fusion_term_kept"] = verdicts["fusion_term_kept"]
     if result.permuted:
         metrics["modality_check"] = modality_check(cohort.y, result, opts)
     for w in cohort.summary.get("warnings", []):

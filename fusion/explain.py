@@ -26,7 +26,7 @@ from fusion.views import build_view
 def _image_pool(model: Model) -> GatedAttentionPool:
     """The attention pooling of the model's image branch (``image`` in fusion heads, ``enc`` in image_abmil)."""
     for name in ("image", "enc"):
-        branch = getattr(model.module, name, None)
+        branch = getattr(getattr(model.fitted, "module", None), name, None)
         if branch is not None and isinstance(getattr(branch, "pool", None), GatedAttentionPool):
             return branch.pool
     raise ValueError(f"head {model.meta['head']!r} has no attention over patches to explain (heads with one: "

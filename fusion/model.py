@@ -3,8 +3,10 @@
 ensemble of them.
 
 A model folder holds ``model.json`` (head, options, feature-set identity, gene list, calibration, threshold),
-``preprocess.npz`` (the fitted gene means/scales and token PCA, loaded with ``allow_pickle=False``) and
-``weights.pt`` (a state dict, loaded with ``weights_only=True``). Nothing is unpickled.
+``preprocess.npz`` (the fitted gene means/scales and token PCA, loaded with ``allow_pickle=False``) and the
+head's parameters, written and read by its adapter (``fusion.contract``): ``weights.pt`` for a torch head (a
+state dict, loaded with ``weights_only=True``), ``head.npz`` for a baseline (plain arrays; XGBoost as its own
+JSON). Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from sklearn.model_selection import train_test_split
 from featstore.errors import StoreError
 from featstore.records import now_iso
 from featstore.tables import patient_rows
-from fusion.baselines import LinearPredictor, XGBoostPredictor, load_predictor
 from fusion.calibration import Calibrator
-from fusion.heads import GENES, IMAGE, get_head, weighted_mean
-from fusion.train import FoldData, _predict, cross_validate
+from fusion.contract import Fitted, create_head
+from fusion.heads import GENES, IMAGE, get_head
+from fusion.train import FoldData, cross_validate
 from fusion.views import build_view
 
 FORMAT = 1
@@ -47,12 +49,7 @@ def save_model(out: Path, result, i: int, meta: dict) -> Path:
     if "token_pca" in rec:
         arrays.update(token_mean=rec["token_pca"].mean, token_components=rec["token_pca"].components)
     np.savez(out / "preprocess.npz", **arrays)
-    if get_head(meta["head"]).kind == "torch":
-        m = len(result.fitted)
-        state = {k: (v[i:i + 1] if v.dim() and v.shape[0] == m else v).clone() for k, v in result.model.state_dict().items()}
-        torch.save(state, out / "weights.pt")
-    else:  # a linear model, a stack or XGBoost: plain arrays (XGBoost's own JSON among them), never a pickle
-        np.savez(out / "head.npz", **result.model[i].arrays())
+    result.models.save(i, out)  # weights.pt (a state dict) or head.npz (plain arrays)
     meta.update(format=FORMAT, gene_dim=int(rec["gene_dim"]), token_dim=int(rec["token_dim"]),
                 calibrator=dataclasses.asdict(rec["calibrator"]), threshold=rec["threshold"], repeat=rec["repeat"],
                 fold=rec["fold"], trained_on=int(len(rec.get("genes_fitted_on", rec.get("tokens_fitted_on", [])))),
@@ -100,7 +97,7 @@ class Model:
     path: Path
     meta: dict
     pre: dict[str, np.ndarray]
-    module: torch.nn.Module | LinearPredictor | XGBoostPredictor  # the torch module, or a baseline's predictor
+    fitted: Fitted  # the head's one model (fusion.contract)
     calibrator: Calibrator
 
 
@@ -143,40 +140,12 @@ def load_model(path) -> Model:
             pre = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}/preprocess.npz cannot be read as plain arrays ({exc})") from exc
-    spec = get_head(meta["head"])
-    if spec.kind == "torch":
-        module = spec.build(1, meta["gene_dim"], meta["token_dim"], snn=bool(meta["train"].get("snn")))
-        try:
-            state = torch.load(path / "weights.pt", weights_only=True)
-            module.load_state_dict(state)
-        except Exception as exc:  # a pickle refused, a truncated file, a tensor of another shape: one line each
-            raise StoreError(f"{path}/weights.pt does not hold this model's weights "
-                             f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from exc
-        module.eval()
-    else:
-        module = _load_predictor(path, meta)
+    fitted = create_head(meta["head"]).load(path, meta)
     try:
         calibrator = Calibrator(**meta["calibrator"])
     except TypeError as exc:
         raise StoreError(f"{path}/model.json: calibrator {meta['calibrator']!r} is not one fusion writes") from exc
-    return Model(path, meta, pre, module, calibrator)
-
-
-def _load_predictor(path: Path, meta: dict):
-    """A baseline's predictor from ``head.npz``, each array checked against the model's input widths."""
-    try:
-        with np.load(path / "head.npz", allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        predictor = load_predictor(arrays, meta["modalities"])
-    except Exception as exc:  # a pickle refused, a truncated file, arrays missing: one line
-        raise StoreError(f"{path}/head.npz does not hold this model's arrays ({type(exc).__name__}: {exc})") from exc
-    if isinstance(predictor, LinearPredictor):
-        dims = {GENES: meta["gene_dim"], IMAGE: meta["token_dim"]}
-        for modality, w in zip(predictor.modalities, predictor.w):
-            if w.shape != (dims[modality],):
-                raise StoreError(f"{path}/head.npz: the {modality} weights have shape {w.shape}, the model's inputs "
-                                 f"({dims[modality]},)")
-    return predictor
+    return Model(path, meta, pre, fitted, calibrator)
 
 
 def model_folders(path) -> list[Path]:
@@ -278,8 +247,6 @@ def _predict_one(model: Model, store, genes: str | None, patients: list[str], vi
     """``use_genes=False`` runs a gene-using head with no gene input (the image branch alone: fusion explain)."""
     n = len(patients)
     mods = set(model.meta["modalities"])
-    if not isinstance(model.module, torch.nn.Module):  # a baseline: its inputs as the trainer gave them
-        return model.calibrator(model.module(_baseline_inputs(model, store, genes, patients, view)))
     if GENES in mods and use_genes:
         g, g_present = _genes_for(model, store, genes, patients)
     else:
@@ -294,20 +261,7 @@ def _predict_one(model: Model, store, genes: str | None, patients: list[str], vi
     data = FoldData(torch.from_numpy(g)[None], torch.from_numpy(tokens.astype(np.float32))[None],
                     torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
                     torch.from_numpy(g_present), torch.from_numpy(i_present), empty, empty, empty)
-    logits = _predict(model.module, data, torch.arange(n)[None])
-    return model.calibrator(torch.sigmoid(logits.double())[0].numpy())
-
-
-def _baseline_inputs(model: Model, store, genes: str | None, patients: list[str], view) -> dict[str, np.ndarray]:
-    """The scaled genes and the bag mean of the projected tokens, one row per patient (``train.bag_means``)."""
-    mods, inputs = set(model.meta["modalities"]), {}
-    if GENES in mods:
-        inputs[GENES] = _genes_for(model, store, genes, patients)[0]
-    if IMAGE in mods:
-        tokens, mask, weights = _projected_tokens(model, patients, view)
-        inputs[IMAGE] = weighted_mean(torch.from_numpy(tokens.astype(np.float32)),
-                                      torch.from_numpy((weights * mask.any(1)[:, None]).astype(np.float32))).numpy()
-    return inputs
+    return model.calibrator(model.fitted.predict(data, torch.arange(n)[None])[0])
 
 
 def _projected_tokens(model: Model, patients: list[str], view) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,11 +19,14 @@ import torch
 from fusion.calibration import CALIBRATIONS, OPERATING_POINTS, choose_threshold, fit_calibrator
 from fusion.cohort import Cohort
 from fusion.fallback import FALLBACKS, back_to_warm_start_unless_significant, copy_models, significantly_better
-from fusion.heads import GENES, IMAGE, HeadSpec, get_head, weighted_mean
+from fusion.heads import GENES, IMAGE, HeadSpec, weighted_mean
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
 from fusion.splits import model_rows
 from fusion.views import View
+
+if TYPE_CHECKING:
+    from fusion.contract import Fitted, Head
 
 
 def _option(default, help: str):  # noqa: A002 - the word Typer uses
@@ -105,7 +109,7 @@ class CVResult:
     permuted: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (permutations, R, P) predictions
     thresholds: np.ndarray | None = None  # (R, folds) operating point chosen on each fold's inner validation
     uncalibrated: np.ndarray | None = None  # (R, P) before calibration
-    model: object = None  # the trained torch module (M models) or the list of sklearn predictors
+    models: Fitted | None = None  # the head's M fitted fold models (fusion.contract)
 
 
 def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarray, cfg: TrainConfig,
@@ -305,20 +309,24 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
     return model, epochs_run.tolist(), val_logits
 
 
-def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | None = None,
+def cross_validate(cohort: Cohort, head: str | Head, assign: np.ndarray, view: View | None = None,
                    cfg: TrainConfig = TrainConfig(), exclude_genes: np.ndarray | None = None,
                    permutations: int = 5, head_kwargs: dict | None = None, rows: list | None = None,
                    on_epoch=None) -> CVResult:
-    """Out-of-fold predictions of ``head`` for every repeat and fold of ``assign``.
+    """Out-of-fold predictions of ``head`` (a name, or a ``Head`` from ``create_head``) for every repeat and fold
+    of ``assign``.
 
     A multimodal head is also re-predicted ``permutations`` times with one modality shuffled among the
     patients of each test fold (permutation importance); ``permutations=0`` skips that. ``on_epoch(done,
     total)``: the torch heads' epochs, for a progress bar."""
-    spec = get_head(head)
+    from fusion.contract import create_head
+
+    head = create_head(head, **(head_kwargs or {})) if isinstance(head, str) else head
+    spec = head.spec
     if IMAGE in spec.modalities and view is None:
-        raise ValueError(f"head {head!r} uses image bags; pass a view")
+        raise ValueError(f"head {spec.name!r} uses image bags; pass a view")
     if GENES in spec.modalities and cohort.genes is None:
-        raise ValueError(f"head {head!r} uses genes; the cohort has none")
+        raise ValueError(f"head {spec.name!r} uses genes; the cohort has none")
     t0 = time.perf_counter()
     prev_threads = torch.get_num_threads()
     if cfg.threads:
@@ -326,32 +334,21 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
     try:
         data = prepare(cohort, view, spec, assign, cfg, exclude_genes, rows)
         y = cohort.y
-        if spec.kind == "sklearn":
-            raw_predict, n_params, epochs, val_probs, model = _fit_sklearn(spec, data, y, cfg)
-        else:
-            model, epochs, val_logits = train_torch(spec, data, y, cfg, head_kwargs, on_epoch)
-            n_params = sum(p.numel() for p in model.parameters()) // len(data.test)
-            test_idx, test_valid = _padded(data.test)
-            val_idx, val_valid = _padded(data.val)
-            vp = torch.sigmoid(val_logits.double()).numpy()
-            val_probs = [vp[i, val_valid[i].numpy()] for i in range(len(data.val))]
-
-            def raw_predict(perm=None):
-                # float64: float32's sigmoid is exactly 1.0 past a logit of ~17, and those ties flatten PR curves
-                probs = torch.sigmoid(_predict(model, data, test_idx, perm=perm).double()).numpy()
-                return _scatter(assign.shape, data, probs, test_valid.numpy())
+        models, val_probs = head.fit(data, y, cfg, on_epoch)
+        test_idx, test_valid = _padded(data.test)
         thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
         for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
             rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
             rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]], cfg.operating_point)
             thresholds[rec["repeat"], rec["fold"]] = rec["threshold"]
 
-        def predict(perm=None):
-            out = raw_predict(perm)
+        def predict(perm=None, calibrated=True):
+            out = _scatter(assign.shape, data, models.predict(data, test_idx, perm), test_valid.numpy())
             for i, rec in enumerate(data.fitted):
-                out[rec["repeat"], data.test[i]] = rec["calibrator"](out[rec["repeat"], data.test[i]])
+                if calibrated:
+                    out[rec["repeat"], data.test[i]] = rec["calibrator"](out[rec["repeat"], data.test[i]])
             return out
-        uncalibrated = raw_predict()
+        uncalibrated = predict(calibrated=False)
         oof = predict()
         permuted: dict[str, np.ndarray] = {}
         if permutations and spec.multimodal:
@@ -361,37 +358,13 @@ def cross_validate(cohort: Cohort, head: str, assign: np.ndarray, view: View | N
                     for k in range(permutations)])
     finally:
         torch.set_num_threads(prev_threads)
-    return CVResult(head, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, int(n_params),
-                    list(map(int, epochs)), data.fitted, permuted, thresholds, uncalibrated, model)
+    return CVResult(spec.name, cohort.patient_ids, y, assign, oof, time.perf_counter() - t0, models.n_params,
+                    list(map(int, models.epochs)), data.fitted, permuted, thresholds, uncalibrated, models)
 
 
 def bag_means(data: FoldData, i: int) -> np.ndarray:
     """(P, D) bag mean of model ``i``'s tokens; zeros for a patient without image."""
     return weighted_mean(data.tokens[i], data.weights * data.image_present[:, None]).numpy()
-
-
-def _fit_sklearn(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig):
-    """Fit one sklearn/XGBoost model per fold; returns ``predict(perm=None)`` over the test folds."""
-    # XGBoost on as many threads as torch: its hist trees are the same on any number of threads (measured
-    # bitwise), only faster.
-    fit = spec.build(seed=cfg.seed, threads=cfg.threads or torch.get_num_threads())
-    inputs, predictors, n_params = [], [], 0
-    for i in range(len(data.test)):
-        inp = {GENES: data.genes[i].numpy()}
-        if IMAGE in spec.modalities:
-            inp[IMAGE] = bag_means(data, i)
-        pred, n_params = fit(inp, y, data.train[i], data.val[i])
-        inputs.append(inp)
-        predictors.append(pred)
-
-    def predict(perm=None):
-        out = np.full((int(max(r["repeat"] for r in data.fitted)) + 1, len(y)), np.nan)
-        for i, rec in enumerate(data.fitted):
-            inp = inputs[i] if not perm else {m: (v[perm[m][i].numpy()] if m in perm else v) for m, v in inputs[i].items()}
-            out[rec["repeat"], data.test[i]] = predictors[i](inp)[data.test[i]]
-        return out
-    val_probs = [predictors[i](inputs[i])[data.val[i]] for i in range(len(data.test))]
-    return predict, n_params, [0] * len(data.test), val_probs, predictors
 
 
 def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: int) -> torch.Tensor:

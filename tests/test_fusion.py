@@ -129,7 +129,7 @@ def test_noise_in_the_test_fold_changes_nothing_fitted_for_that_fold(sim_split):
         fitted = []
         for c, v in ((cohort, view), (noisy, noisy_view)):
             res = cross_validate(c, head, assign, v, cfg, permutations=0)
-            fitted.append((res.fitted[0], {k: t[0].clone() for k, t in res.model.state_dict().items()}, res.oof))
+            fitted.append((res.fitted[0], {k: t[0].clone() for k, t in res.models.module.state_dict().items()}, res.oof))
         (rec_a, w_a, oof_a), (rec_b, w_b, oof_b) = fitted
         assert rec_a["fold"] == 0
         for obj in ("gene_transform", "token_pca", "calibrator"):
