@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import fusion.heads  # noqa: F401 - the torch heads register first, whichever module is imported first
 from fusion.logistic import fit_logistic, fit_stack, linear_weights
 from fusion.registry import GENES, IMAGE, register_head
 

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from featstore.errors import StoreError
-from fusion.baselines import LinearPredictor, load_predictor
-from fusion.registry import GENES, IMAGE, HeadSpec, get_head
+
+# Through fusion.heads, which registers the torch heads and then the baselines: the registry's order is the
+# order `fusion heads` lists and `fusion bench` runs.
+from fusion.heads import GENES, IMAGE, HeadSpec, get_head
 
 
 class Fitted(Protocol):
@@ -148,6 +150,8 @@ class EstimatorHead:
         return EstimatorFitted(predictors, self.spec.modalities, int(n_params), [0] * len(data.test)), val_probs
 
     def load(self, path, meta):
+        from fusion.baselines import LinearPredictor, load_predictor
+
         try:
             with np.load(path / "head.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

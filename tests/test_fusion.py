@@ -631,3 +631,14 @@ def test_training_options_are_refused_by_name(kwargs, words):
 def test_cv_options_are_refused_by_name(kwargs, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         CVOptions(**kwargs)
+
+
+@pytest.mark.parametrize("first", ["fusion.baselines", "fusion.contract", "fusion.heads"])
+def test_the_registry_lists_torch_heads_then_baselines_whatever_is_imported_first(first):
+    """`fusion heads` lists, and `fusion bench` runs, the registry in its order: torch heads, then the baselines."""
+    import subprocess
+    import sys
+
+    code = f"import {first}\nfrom fusion.registry import HEADS\nprint(' '.join(h.kind for h in HEADS.values()))"
+    kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert kinds == ["torch"] * 7 + ["sklearn"] * 4, kinds

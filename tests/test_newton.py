@@ -85,3 +85,4 @@ def test_fit_logistic_chooses_the_candidate_scikit_learn_would_and_fits_it_on_ev
     tol = 1e-2 if chosen.candidate[0] == "l1" else 1e-4
     np.testing.assert_allclose(chosen.weights, weights, atol=tol)
     assert abs(chosen.intercept - intercept) < tol
+
