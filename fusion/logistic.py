@@ -138,6 +138,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fold
 def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds: int) -> Linear | None:
     from sklearn.model_selection import StratifiedKFold
 
+    from fusion.newton import balanced_weights
+
     yr = y[rows]
     candidates = _candidates(x.shape[1])
     oof = np.zeros((len(candidates), len(rows)))
@@ -148,7 +150,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, fol
             oof[k, b] = _sigmoid(fits[f * len(candidates) + k].decision_function(x[rows[b]]))
     p = np.clip(oof, 1e-7, 1 - 1e-7)
     # Per-patient log-loss with balanced class weights, the loss the models were fitted with.
-    weight = len(yr) / (2 * np.bincount(yr, minlength=2).clip(1))[yr]
+    weight = balanced_weights(yr)
     loss = -weight * (yr * np.log(p) + (1 - yr) * np.log(1 - p))  # (candidates, rows)
     best = int(np.argmin(loss.mean(1)))
     gain = weight * np.log(2.0) - loss[best]  # against the balanced intercept-only model, p = 0.5

@@ -641,4 +641,4 @@ def test_the_registry_lists_torch_heads_then_baselines_whatever_is_imported_firs
 
     code = f"import {first}\nfrom fusion.registry import HEADS\nprint(' '.join(h.kind for h in HEADS.values()))"
     kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert kinds == ["torch"] * 7 + ["sklearn"] * 4, kinds
+    assert set(kinds) == {"torch", "sklearn"} and kinds == sorted(kinds, key=lambda k: k != "torch"), kinds
