@@ -58,9 +58,10 @@ def make_pyramid(path: Path, mosaic: int, codec: str) -> None:
 
 
 def make_tcga_like(path: Path, side: int = 40_000, tile: int = 256) -> None:
-    """A 40x-like slide: 0.25 µm/px, ``side`` px square, JPEG tiles, levels at 4x and 16x, built from the real
-    CMU tissue (upsampled 2x) laid out in a grid with white margins, so the tissue mask matters. Written tile
-    by tile: memory stays at one upsampled CMU block whatever ``side`` is."""
+    """A 40x-like slide: 0.25 µm/px, ``side`` px square, RGB-stored JPEG tiles (as Aperio writes every TCGA
+    slide; until 2026-12-07 this slide had YCbCr 4:2:0 tiles, which decode faster), levels at 4x and 16x, built
+    from the real CMU tissue (upsampled 2x) laid out in a grid with white margins, so the tissue mask matters.
+    Written tile by tile: memory stays at one upsampled CMU block whatever ``side`` is."""
     import numpy as np
     import openslide
     import tifffile
@@ -89,7 +90,8 @@ def make_tcga_like(path: Path, side: int = 40_000, tile: int = 256) -> None:
                         out[np.ix_(in_y, in_x)] = block[np.ix_(ry[in_y], rx[in_x])]
                         yield out
             tif.write(tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile), compression="jpeg",
-                      photometric="rgb", resolution=(1e4 / mpp / f, 1e4 / mpp / f), resolutionunit="CENTIMETER",
+                      photometric="rgb", subsampling=(1, 1), compressionargs={"outcolorspace": "rgb"},
+                      resolution=(1e4 / mpp / f, 1e4 / mpp / f), resolutionunit="CENTIMETER",
                       subfiletype=0 if i == 0 else 1)
 
 
@@ -173,7 +175,7 @@ def main() -> None:
             for i in range(args.copies):
                 os.link(source, d / f"CMU-mosaic-{i:03d}.tif")
         elif args.input == "tcga40x":
-            source = built / f"tcga40x-{args.side}.tif"
+            source = built / f"tcga40x-rgb-{args.side}.tif"
             if not source.exists():
                 make_tcga_like(source, args.side)
             for i in range(args.copies):
@@ -202,7 +204,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     workers = {None: "default workers", 1: "1 worker"}.get(args.num_workers, f"{args.num_workers} workers")
     what = {"pyramid": f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})",
-            "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, JPEG)",
+            "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, RGB JPEG)",
             "copies": f"{args.copies} copies of the small slide"}[args.input]
     what += f", decoder {args.decoder}" + (f" ({pixels})" if cfg.decoder == "gpu" else "")
     if args.target_mpp != 0.5:

@@ -226,6 +226,10 @@ def extract(
                                               "tifffile in the reader workers, checked against OpenSlide) | gpu (JPEG "
                                               "tiles decoded in batches on the device, checked against the CPU "
                                               "decoder per slide) | openslide (every pixel through OpenSlide)")] = "auto",
+    downscale: Annotated[str, typer.Option(help="dct (a patch read finer than --mpp, e.g. a 40x slide at 0.5 µm/px, "
+                                                "comes from JPEG tiles decoded at 1/2 or 1/4 by libjpeg-turbo's "
+                                                "scaled IDCT, checked per slide; else resized) | resize (decode in "
+                                                "full, then antialiased bilinear)")] = "dct",
     batch_size: Annotated[int, typer.Option(help="Patches per forward pass")] = 64,
     max_patches: Annotated[int, typer.Option(help="Refuse a slide whose patch grid (before the tissue mask) is "
                                                   "larger: a declared size no real slide has")] = 2_000_000,
@@ -251,7 +255,8 @@ def extract(
             fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
-                           min_tissue=min_tissue, precision=precision, decoder=decoder, max_patches=max_patches)
+                           min_tissue=min_tissue, precision=precision, decoder=decoder, max_patches=max_patches,
+                           downscale=downscale)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")

@@ -13,15 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from featstore.errors import SlideError
-from featstore.tifftiles import TiffTiles, TileReadError, open_direct
+from featstore.tifftiles import SCALES, ScaledTiffLevel, TiffTiles, TileReadError, open_direct
 
 WSI_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SLIDE_SUFFIXES = WSI_SUFFIXES + IMAGE_SUFFIXES
 
+
+# libjpeg-turbo's scaled IDCT is, to within a fraction of a grey level, the full decode averaged over
+# scale x scale blocks (docs/extract.md); reading RGB tiles as YCbCr is tens of levels off.
+MAX_SCALED_DIFF = 1.0
 
 # Formats only OpenSlide reads (never plain images); a .tif may be either.
 WHOLE_SLIDE_SUFFIXES = tuple(s for s in WSI_SUFFIXES if s not in (".tif", ".tiff", ".dcm"))
@@ -35,6 +40,43 @@ class Region:
     y: int
     width: int
     height: int
+
+
+def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
+    """An RGB uint8 image resized to ``size`` x ``size``: antialiased bilinear, PIL's filter (to within one grey
+    level) at a quarter of PIL's cost, as torch has a vectorised uint8 kernel for it."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t[0].permute(1, 2, 0).numpy()
+
+
+# Centre weight a of the 3-tap filter [1, a, 1] / (a + 2) that, applied at the reduced scale, turns the
+# scaled IDCT's block means into what the antialiased bilinear resize gives (fitted on the real CMU slide:
+# within about 1.2 grey levels at 1/2, 1.7 at 1/4; docs/extract.md), so the two --downscale methods make
+# the same features.
+SMOOTHING = {2: 10, 4: 12}
+
+
+def like_bilinear(img: np.ndarray, scale: int) -> np.ndarray:
+    """A patch decoded at 1/``scale`` (block means) filtered to match the antialiased bilinear resize: the
+    3-tap filter along rows, then columns, edges repeated. In place in uint16 ((a + 2)^2 x 255 fits):
+    numpy does this several times faster than a torch conv2d on one patch."""
+    a = SMOOTHING[scale]
+    x = img.astype(np.uint16)
+    rows = x * np.uint16(a)
+    rows[:, 1:] += x[:, :-1]
+    rows[:, :-1] += x[:, 1:]
+    rows[:, 0] += x[:, 0]
+    rows[:, -1] += x[:, -1]
+    out = rows * np.uint16(a)
+    out[1:] += rows[:-1]
+    out[:-1] += rows[1:]
+    out[0] += rows[0]
+    out[-1] += rows[-1]
+    d = (a + 2) ** 2
+    out += d // 2
+    out //= d
+    return out.astype(np.uint8)
 
 
 def _to_rgb_on_white(img: Image.Image) -> np.ndarray:
@@ -70,8 +112,15 @@ class SlideReader:
         w, h = self.dimensions
         return [Region(0, 0, w, h)]
 
-    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def read(self, x: int, y: int, level: int, width: int, height: int, scale: int = 1) -> np.ndarray:
+        """RGB uint8 region of ``width`` x ``height`` level pixels at level-0 (x, y); ``scale`` > 1 (only as
+        :meth:`scaled_decoding` allows) returns it at 1/scale of that size."""
         raise NotImplementedError
+
+    def scaled_decoding(self, level: int, factor: float) -> tuple[int, str]:
+        """How ``level`` is reduced by ``factor`` to the patch size: a JPEG scale (2 or 4) the decoder gives
+        at no cost, and a note for provenance; (1, why not) where the patch is resized after a full decode."""
+        return 1, "resize (antialiased bilinear: no scaled decoding for this reader)"
 
     def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
         """RGB image of ``region`` no larger than ``max_side``, and level-0 pixels per thumbnail pixel."""
@@ -150,6 +199,7 @@ class OpenSlideReader(SlideReader):
         else:
             self.mpp, self.mpp_source = _mpp_from_properties(self.properties, self.path, allow_objective)
         self._direct: TiffTiles | None = None
+        self._scaled: dict[tuple[int, int], ScaledTiffLevel] = {}
         plain_image = isinstance(self._slide, openslide.ImageSlide)
         self.pixel_source = "PIL (plain image, through openslide.ImageSlide)" if plain_image else "openslide"
         self.shareable = not plain_image
@@ -188,14 +238,54 @@ class OpenSlideReader(SlideReader):
                 return f"level {level} at ({x}, {y}): mean |difference| {diff.mean():.2f}, max {diff.max()}"
         return None
 
-    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def read(self, x: int, y: int, level: int, width: int, height: int, scale: int = 1) -> np.ndarray:
         if self._direct is not None and level in self._direct.levels:
-            ds = self.level_downsamples[level]
+            tiles = self._direct.levels[level] if scale == 1 else self._scaled_level(level, scale)
+            ds = self.level_downsamples[level] * scale
             try:
-                return self._direct.levels[level].read(round(x / ds), round(y / ds), int(width), int(height))
+                return tiles.read(round(x / ds), round(y / ds), round(width / scale), round(height / scale))
             except TileReadError as exc:
                 raise SlideError(f"{self.path.name}: cannot read region at ({x}, {y}) level {level}: {exc}") from exc
+        if scale != 1:
+            raise ValueError(f"{self.path.name}: level {level} is read through OpenSlide, which has no scaled decoding")
         return self._read_openslide(x, y, level, width, height)
+
+    def _scaled_level(self, level: int, scale: int) -> ScaledTiffLevel:
+        key = (level, scale)
+        if key not in self._scaled:
+            scaled = self._direct.levels[level].scaled(scale)
+            if scaled is None:
+                raise ValueError(f"{self.path.name}: level {level} cannot be decoded at 1/{scale}")
+            self._scaled[key] = scaled
+        return self._scaled[key]
+
+    def scaled_decoding(self, level: int, factor: float) -> tuple[int, str]:
+        """The largest JPEG scale within ``factor`` (allowing the patch 2% of upsampling afterwards, as a
+        0.252 µm/px scan read at 0.5 needs), checked on this slide: a region at the level's centre decoded at
+        that scale must equal the full decode averaged over scale x scale blocks (what the scaled IDCT
+        computes) within MAX_SCALED_DIFF grey levels on average; else the patch is resized."""
+        scale = max((s for s in SCALES if s <= factor * 1.02), default=1)
+        full = self.direct_level(level)
+        if scale == 1:
+            return 1, f"resize (antialiased bilinear: a reduction of {factor:.2f} has no JPEG scale)"
+        if full is None or full.scaled(scale) is None:
+            return 1, "resize (antialiased bilinear: this level is not RGB-stored JPEG tiles read directly)"
+        side = min(256 * scale, full.width, full.height) // scale * scale
+        if side < scale * 8:
+            return 1, "resize (antialiased bilinear: level too small to check scaled decoding)"
+        x, y = (full.width - side) // 2 // scale * scale, (full.height - side) // 2 // scale * scale
+        try:
+            ours = self._scaled_level(level, scale).read(x // scale, y // scale, side // scale, side // scale)
+            n = side // scale
+            box = full.read(x, y, side, side).reshape(n, scale, n, scale, 3).mean(axis=(1, 3), dtype=np.float32)
+        except TileReadError as exc:
+            return 1, f"resize (antialiased bilinear: scaled decoding failed its check: {exc})"
+        diff = float(np.abs(ours - box).mean())
+        if diff > MAX_SCALED_DIFF:
+            return 1, (f"resize (antialiased bilinear: scaled decoding differs by {diff:.2f} grey levels on "
+                       f"average from the full decode's {scale}x{scale} block means, over {MAX_SCALED_DIFF})")
+        return scale, (f"jpeg-dct-1/{scale} (libjpeg-turbo scaled IDCT; {diff:.2f} grey levels on average from the "
+                       f"full decode's {scale}x{scale} block means at the level's centre)")
 
     def direct_level(self, level: int):
         """The TIFF level read directly (featstore.tifftiles.TiffLevel), or None where OpenSlide reads it."""
@@ -272,7 +362,7 @@ class TileFolderReader(SlideReader):
                 raise SlideError(f"{self.path.name}/{self.files[i].name}: cannot read tile ({exc})") from exc
         return self._images[i]
 
-    def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+    def read(self, x: int, y: int, level: int, width: int, height: int, scale: int = 1) -> np.ndarray:
         i = int(np.searchsorted(self.offsets, x, side="right") - 1)
         tile = self._tile(min(max(i, 0), len(self.files) - 1))
         out = np.full((height, width, 3), 255, np.uint8)

@@ -26,6 +26,18 @@ from featstore.errors import TileReadError
 # (Leica SCN, Ventana BIF, Philips) place or overlap tiles in ways only OpenSlide knows.
 DIRECT_VENDORS = ("aperio", "generic-tiff")
 _CONTIG = 1
+JPEG = 7  # TIFF compression code
+RGB = 2  # TIFF photometric code: components stored as RGB (Aperio), not YCbCr
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: no colour conversion
+SCALES = (2, 4)  # reductions libjpeg-turbo's scaled IDCT gives exactly (1/8 too, not measured here)
+
+
+def jpeg_stream(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
+    """A complete JPEG from an abbreviated TIFF tile: the page's tables spliced in after SOI (dropping the
+    tables' own EOI and the tile's SOI), and an Adobe marker for RGB-stored tiles."""
+    if tables:
+        data = tables[:-2] + data[2:]
+    return data[:2] + ADOBE_RGB + data[2:] if rgb else data
 
 
 class TileCache:
@@ -53,16 +65,37 @@ class TileCache:
 class TiffLevel:
     """One pyramid level read straight from its TIFF page."""
 
+    scale = 1  # level pixels per pixel read: > 1 for a level decoded at a reduced scale (ScaledTiffLevel)
+
     def __init__(self, page, fd: int, name: str, cache: TileCache):
         self.page, self.fd, self.name, self.cache = page, fd, name, cache
-        self.height, self.width = page.imagelength, page.imagewidth
-        self.tile_h, self.tile_w = page.tilelength, page.tilewidth
-        self.tiles_across = -(-self.width // self.tile_w)
+        self.height, self.width = -(-page.imagelength // self.scale), -(-page.imagewidth // self.scale)
+        self.tile_h, self.tile_w = page.tilelength // self.scale, page.tilewidth // self.scale
+        self.tiles_across = -(-page.imagewidth // page.tilewidth)
         self._decode_kwargs = {"jpegtables": page.jpegtables} if page.jpegtables is not None else {}
+        self.decoded = 0  # tiles decoded so far: with the cache, each tile a slide's patches need about once
+
+    def scaled(self, scale: int) -> ScaledTiffLevel | None:
+        """This level decoded at 1/``scale`` in the DCT domain, or None where it cannot be. RGB-stored JPEG tiles
+        only (Aperio's, so every TCGA slide's): there the reduced decode is the full decode's block means; for
+        YCbCr tiles it takes the chroma as stored where the full decode interpolates it, grey levels apart on
+        stained tissue (docs/extract.md)."""
+        page = self.page
+        if (page.compression != JPEG or page.photometric != RGB or scale not in SCALES or page.tilelength % scale
+                or page.tilewidth % scale):
+            return None
+        return ScaledTiffLevel(page, self.fd, self.name, self.cache, scale)
+
+    def _decode(self, data: bytes, index: int) -> np.ndarray:
+        seg = self.page.decode(data, index, **self._decode_kwargs)[0]
+        if seg is None:
+            raise ValueError("decoded to nothing")
+        return seg.reshape(seg.shape[-3:])
 
     def _tile(self, index: int) -> np.ndarray | None:
         """Decoded tile ``index`` (tile_h x tile_w x 3), or None for a tile the file declares empty."""
-        tile = self.cache.get((self.page.index, index))
+        key = (self.page.index, self.scale, index)
+        tile = self.cache.get(key)
         if tile is not False:
             return tile
         offset, count = int(self.page.dataoffsets[index]), int(self.page.databytecounts[index])
@@ -73,15 +106,13 @@ class TiffLevel:
             if len(data) != count:
                 raise TileReadError(f"{self.name}: tile {index} of page {self.page.index} is cut short "
                                     f"({len(data)} of {count} bytes at offset {offset}); the file is truncated")
+            self.decoded += 1
             try:
-                seg = self.page.decode(data, index, **self._decode_kwargs)[0]
+                tile = self._decode(data, index)
             except Exception as exc:
                 raise TileReadError(f"{self.name}: tile {index} of page {self.page.index} cannot be decoded "
                                     f"({type(exc).__name__}: {exc})") from exc
-            if seg is None:
-                raise TileReadError(f"{self.name}: tile {index} of page {self.page.index} decoded to nothing")
-            tile = seg.reshape(seg.shape[-3:])
-        self.cache.put((self.page.index, index), tile)
+        self.cache.put(key, tile)
         return tile
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -104,6 +135,26 @@ class TiffLevel:
                 else:
                     dst[:] = tile[ay0 - ty * self.tile_h:ay1 - ty * self.tile_h, ax0 - tx * self.tile_w:ax1 - tx * self.tile_w]
         return out
+
+
+class ScaledTiffLevel(TiffLevel):
+    """A JPEG level decoded at 1/``scale`` by libjpeg-turbo's scaled IDCT (through simplejpeg, which calls it
+    with less overhead per tile than PIL's draft mode): the IDCT and colour conversion run on the reduced
+    image and no resize follows. Regions are in scaled pixels (a level pixel ``x`` is ``x / scale`` here)."""
+
+    def __init__(self, page, fd: int, name: str, cache: TileCache, scale: int):
+        self.scale = scale
+        super().__init__(page, fd, name, cache)
+        self._tables, self._rgb = page.jpegtables, page.photometric == RGB
+
+    def _decode(self, data: bytes, index: int) -> np.ndarray:
+        import simplejpeg
+
+        tile = simplejpeg.decode_jpeg(jpeg_stream(data, self._tables, self._rgb), colorspace="RGB",
+                                      min_height=self.tile_h, min_width=self.tile_w)
+        if tile.shape[:2] != (self.tile_h, self.tile_w):
+            raise ValueError(f"decoded at {tile.shape[1]} x {tile.shape[0]} px, expected {self.tile_w} x {self.tile_h}")
+        return tile
 
 
 class TiffTiles:

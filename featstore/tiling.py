@@ -17,6 +17,12 @@ class Geometry:
     patch_size_level0: int  # footprint in level-0 pixels (also the grid stride: no overlap)
     level: int  # pyramid level read
     read_size: int  # pixels read at that level, then resized to patch_size
+    scale: int = 1  # the level decoded at 1/scale (JPEG scaled IDCT), so read_size / scale pixels come back
+
+    @property
+    def decoded_size(self) -> int:
+        """Pixels a patch comes back at from the reader, before any resize to ``patch_size``."""
+        return max(1, round(self.read_size / self.scale))
 
     @classmethod
     def for_slide(cls, target_mpp: float, patch_size: int, slide_mpp: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -97,6 +98,8 @@ def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
     embed = PatchEmbedder(enc, torch.device("cpu"), "fp32")
     with open_slide(CMU) as reader:
         geom = Geometry.for_slide(2.0, 64, reader.mpp, reader.level_downsamples)
+        assert prov["decode_scale"] == 4 and prov["downscale"].startswith("jpeg-dct-1/4")
+        geom = dataclasses.replace(geom, scale=prov["decode_scale"])
         rows = [0, len(sl.coords) // 2, len(sl.coords) - 1]
         patches = np.stack([read_patch(reader, geom, *sl.coords[r]) for r in rows])
     again = embed(torch.from_numpy(patches)).numpy()

@@ -13,6 +13,7 @@ EXIT_OK, EXIT_SOME_FAILED = 0, 2
 
 EventHandler = Callable[[dict], None]
 DECODERS = ("auto", "cpu", "gpu", "openslide")
+DOWNSCALES = ("dct", "resize")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class ExtractConfig:
     thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
     # Run choices, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
+    # downscale: how a patch read finer than the target comes down to patch_size: dct (JPEG tiles decoded at
+    # 1/2 or 1/4 by the scaled IDCT where a per-slide check passes, then a 3-tap filter that matches the
+    # resize, featstore.slides.like_bilinear; else resize) or resize (full decode, antialiased bilinear).
+    # The two differ by about a grey level, as the decoders do; each slide's provenance says which.
+    downscale: str = "dct"
     # decoder: cpu (tiles decoded by tifffile in the reader workers; OpenSlide where a slide cannot be read
     # directly), gpu (JPEG tiles decoded in batches on the run's device, featstore.extract.device_decode),
     # openslide (every pixel through OpenSlide), auto (cpu: measured faster than gpu on an H200). Each slide's provenance says
@@ -48,6 +54,8 @@ class ExtractConfig:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.downscale not in DOWNSCALES:
+            raise ValueError(f"downscale must be one of {', '.join(DOWNSCALES)}, got {self.downscale!r}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
@@ -80,7 +88,7 @@ class ExtractReport:
         self.patches += other.patches
 
 
-RUN_ONLY = ("max_patches", "decoder")
+RUN_ONLY = ("max_patches", "decoder", "downscale")
 
 
 def feature_set_config(cfg: ExtractConfig, encoder: Encoder, precision: str) -> dict:

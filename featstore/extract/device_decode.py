@@ -29,23 +29,13 @@ import numpy as np
 import torch
 
 from featstore.errors import TileReadError
+from featstore.tifftiles import JPEG, RGB, jpeg_stream
 from featstore.tiling import Geometry
 
-JPEG = 7  # TIFF compression code
-RGB = 2  # TIFF photometric code: components stored as RGB (Aperio), not YCbCr
-ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: no colour conversion
 # nvJPEG and libjpeg-turbo implement the IDCT and chroma upsampling differently: a grey level on average,
 # rare larger steps at sharp edges. Bounds for the per-slide check.
 MAX_MEAN_DIFF, MAX_ABS_DIFF = 1.0, 48
 CHECK_TILES = 4
-
-
-def jpeg_stream(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
-    """A complete JPEG from an abbreviated TIFF tile: the page's tables spliced in after SOI (dropping the
-    tables' own EOI and the tile's SOI), and an Adobe marker for RGB-stored tiles."""
-    if tables:
-        data = tables[:-2] + data[2:]
-    return data[:2] + ADOBE_RGB + data[2:] if rgb else data
 
 
 def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -258,4 +248,6 @@ class DeviceSlides(dict):
         plan.info["pixels"] = decoder.note
         if decoder.usable:
             self[idx] = decoder
+            if plan.geometry.read_size != plan.geometry.patch_size:  # the device crops full tiles and resizes
+                plan.info["downscale"] = "resize on the device (antialiased bilinear after a full decode)"
         return decoder.usable

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from featstore.extract.config import ExtractConfig, SlideSpec
-from featstore.slides import SlideError
+from featstore.slides import SlideError, like_bilinear, resize_rgb
 from featstore.tiling import Geometry, grid, tissue_fractions
 from featstore.tissue import tissue_mask
 
@@ -34,6 +34,13 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
     if not math.isfinite(mpp) or mpp <= 0:
         raise SlideError(f"{spec.slide_id}: mpp {mpp!r} ({source}) is not a finite number > 0")
     geom = Geometry.for_slide(cfg.target_mpp, cfg.patch_size, mpp, reader.level_downsamples)
+    if geom.read_size == geom.patch_size:
+        downscale = "none (read at the target resolution)"
+    elif cfg.downscale == "resize":
+        downscale = "resize (antialiased bilinear, --downscale resize)"
+    else:
+        scale, downscale = reader.scaled_decoding(geom.level, geom.read_size / geom.patch_size)
+        geom = dataclasses.replace(geom, scale=scale)
     # Bounds before any pixel is read: a declared size is checked against the patch budget and, for
     # directly decoded TIFFs, against the bytes the file holds.
     width, height = reader.level_dimensions[0]
@@ -59,19 +66,16 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
         raise SlideError(f"{spec.slide_id}: no tissue (no patch has tissue fraction >= {cfg.min_tissue})")
     info = {"level_dimensions": [list(d) for d in reader.level_dimensions],
             "level_downsamples": list(reader.level_downsamples), "regions": len(reader.regions()),
-            "grid_patches": int(len(coords_a)), "pixels": reader.pixel_source}
+            "grid_patches": int(len(coords_a)), "pixels": reader.pixel_source, "downscale": downscale}
     if hasattr(reader, "files"):
         info["tiles"] = [{"file": f.name, "x_offset": int(o)} for f, o in zip(reader.files, reader.offsets)]
     return SlidePlan(coords_a[keep], frac[keep], geom, source, info)
 
 
 def read_patch(reader, geom: Geometry, x: int, y: int) -> np.ndarray:
-    img = reader.read(x, y, geom.level, geom.read_size, geom.read_size)
-    if geom.read_size == geom.patch_size:
+    img = reader.read(x, y, geom.level, geom.read_size, geom.read_size, scale=geom.scale)
+    if geom.scale > 1:
+        img = like_bilinear(img, geom.scale)
+    if geom.decoded_size == geom.patch_size:
         return img
-    # Antialiased bilinear, PIL's filter (to within one grey level) at a quarter of PIL's cost: torch has
-    # a vectorised uint8 kernel for it. Downsampling a 40x slide to 0.5 µm/px is the common case.
-    t = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0)
-    t = torch.nn.functional.interpolate(t, size=(geom.patch_size, geom.patch_size), mode="bilinear", antialias=True,
-                                        align_corners=False)
-    return t[0].permute(1, 2, 0).numpy()
+    return resize_rgb(img, geom.patch_size)

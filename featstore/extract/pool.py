@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.extract.allocator import keep_freed_memory
 from featstore.extract.config import ExtractConfig, SlideSpec
-from featstore.extract.device_decode import JPEG
 from featstore.extract.messages import Coords, Failed, Pixels, Planned, Range, Split
 from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.slides import SlideError, open_slide
+from featstore.tifftiles import JPEG
 from featstore.tiling import Geometry
 
 Message = Planned | Pixels | Coords | Failed | Split

@@ -105,6 +105,7 @@ class _Writer:
                     "file": self.fps[idx], "slide_path": spec.path, "slide_mpp": g.slide_mpp,
                     "mpp_source": plan.mpp_source, "target_mpp": g.target_mpp, "patch_size": g.patch_size,
                     "patch_size_level0": g.patch_size_level0, "level": g.level, "read_size": g.read_size,
+                    "decode_scale": g.scale,
                     "min_tissue": self.cfg.min_tissue, **self.encoder.provenance(), "precision": self.precision,
                     **self.runtime, "dtype": self.cfg.dtype, "coords": "level-0 pixels, top-left corner (x, y)",
                     "libraries": self.versions, "extracted": now_iso(), "seconds": round(seconds, 3), **plan.info,
