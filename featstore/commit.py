@@ -38,6 +38,37 @@ def _fault_point(step: str) -> None:
         os.kill(os.getpid(), 9)
 
 
+class Staging:
+    """One staging entry, written into and then committed to its final path in one step, or aborted: what a
+    writer holds instead of the store's backend."""
+
+    def __init__(self, store: StagedCommits, final: str):
+        self._store, self._backend, self.final = store, store._backend, final
+        self.path = store._new_staging()
+
+    def create_array(self, name: str, shape: tuple, dtype, chunks: tuple):
+        return self._backend.create_array(f"{self.path}/{name}", shape, dtype, chunks)
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        self._backend.set_attrs(self.path, attrs)
+
+    def final_attrs(self) -> dict | None:
+        """The attributes of the object at the final path now (read aside while it is being replaced), or None."""
+        node = self._store._locate(self.final)
+        return None if node is None else self._backend.attrs(node)
+
+    def commit(self, replace: bool, supersedes: str | None = None) -> None:
+        """Move the staged object to the final path (see ``StagedCommits._swap_in``); then remove
+        ``supersedes`` (a failure record the object replaces)."""
+        self._store._swap_in(self.path, self.final, replace)
+        if supersedes is not None:
+            self._backend.delete(supersedes)
+            self._backend.flush()
+
+    def abort(self) -> None:
+        self._backend.delete(self.path)
+
+
 class StagedCommits:
     """The staging and commit steps of :class:`featstore.store.Store` (a mixin: it uses the store's backend)."""
 
@@ -49,7 +80,7 @@ class StagedCommits:
         return path
 
     def _owner_alive(self, entry: str) -> bool:
-        if self.backend_name == "hdf5" and self._backend.writable:
+        if self._backend.single_writer and self._backend.writable:
             return False  # one writer at a time, and we hold its lock: every entry is a dead one's
         return owner_alive(entry.split(_LEGACY_ASIDE, 1)[0].removesuffix(_ASIDE).rsplit("_", 1)[0])
 
@@ -128,14 +159,14 @@ class StagedCommits:
 
     def _commit_arrays(self, final: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
                        replace: bool = False) -> None:
-        stage = self._new_staging()
+        staging = Staging(self, final)
         digests = {}
         try:
             for name, data in arrays.items():
                 data = np.asarray(data)
                 digests[name] = integrity.record(data)
                 if data.dtype.kind in "UOT":
-                    arr = self._backend.create_array(f"{stage}/{name}", data.shape, str, data.shape)
+                    arr = staging.create_array(name, data.shape, str, data.shape)
                     if data.size:
                         arr[...] = data.astype(str)
                     continue
@@ -149,13 +180,13 @@ class StagedCommits:
                               *data.shape[1:])
                 else:
                     chunks = ()
-                arr = self._backend.create_array(f"{stage}/{name}", data.shape, data.dtype, chunks)
+                arr = staging.create_array(name, data.shape, data.dtype, chunks)
                 if data.size:
                     arr[...] = data
-            self._backend.set_attrs(stage, {**attrs, "committed": now_iso(), "digests": digests})
-            self._swap_in(stage, final, replace)
+            staging.set_attrs({**attrs, "committed": now_iso(), "digests": digests})
+            staging.commit(replace)
         except BaseException:
-            self._backend.delete(stage)
+            staging.abort()
             raise
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from featstore import integrity
 from featstore.backends import Backend, HDF5Backend, ZarrBackend, jsonable, open_beside_store
-from featstore.commit import StagedCommits, owner_alive, owner_id
+from featstore.commit import StagedCommits, Staging, owner_alive, owner_id
 from featstore.errors import NodeExistsError, StoreError
 from featstore.names import check_name
 from featstore.records import ExpressionTable, LabelTable, SlideFeatures, now_iso
@@ -90,6 +90,11 @@ class Store(StagedCommits, StoreTables, StoreChecks):
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, backend={self.backend_name}, mode={self.mode!r})"
 
+    @property
+    def single_writer(self) -> bool:
+        """One writing process at a time (HDF5): no concurrent or distributed writers."""
+        return self._backend.single_writer
+
     def holds_nothing(self) -> bool:
         """No feature set, table, view or staging entry: nobody's data, not even a run's under way."""
         return not any(self._backend.entries(top) for top in self._backend.entries(""))
@@ -97,7 +102,7 @@ class Store(StagedCommits, StoreTables, StoreChecks):
     def discard_if_empty(self) -> bool:
         """Close the store and remove it if it holds nothing (for a run that created it and then failed);
         anything in it, whoever wrote it, keeps it. True if it was removed."""
-        if self.backend_name == "hdf5":  # we hold its lock: nobody writes between the check and the removal
+        if self.single_writer:  # we hold its lock: nobody writes between the check and the removal
             empty = self.holds_nothing()
             self._backend.close(remove=empty)
             return empty
@@ -278,7 +283,7 @@ class Store(StagedCommits, StoreTables, StoreChecks):
         check_name(slide_id, "slide id")
         if not self._backend.has(f"features/{feature_set}"):
             raise StoreError(f"create feature set {feature_set!r} before writing slides into it")
-        return SlideWriter(self, f"features/{feature_set}/slides/{slide_id}", n, dim, dtype)
+        return SlideWriter(Staging(self, f"features/{feature_set}/slides/{slide_id}"), n, dim, dtype)
 
     def write_slide(self, feature_set: str, slide_id: str, features: np.ndarray, coords: np.ndarray,
                     tissue_fraction: np.ndarray | None, attrs: Mapping[str, Any]) -> None:

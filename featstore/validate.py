@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from featstore import integrity
 from featstore.errors import StoreError
 
 
@@ -86,11 +85,10 @@ class StoreChecks:
             if array not in present:
                 out.append(f"{where}, array {array}: missing")
                 continue
-            if self.backend_name == "zarr":
-                lost = integrity.missing_zarr_chunks(self.path / node / array)
-                if lost:
-                    out.append(f"{where}, array {array}: {len(lost)} chunk file(s) missing ({', '.join(lost[:3])})")
-                    continue
+            lost = self._backend.lost_chunks(f"{node}/{array}")
+            if lost:
+                out.append(f"{where}, array {array}: {len(lost)} chunk file(s) missing ({', '.join(lost[:3])})")
+                continue
             if deep:
                 try:
                     self._read(node, array, where)

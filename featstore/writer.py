@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from featstore import integrity
 from featstore.backends import row_chunks
+from featstore.commit import Staging
 from featstore.errors import AlreadyCommittedError, NodeExistsError
 from featstore.records import now_iso
-
-if TYPE_CHECKING:
-    from featstore.store import Store
 
 
 class SlideWriter:
@@ -27,18 +25,16 @@ class SlideWriter:
     written once: each is a single chunk, which would otherwise be rewritten at every flush.
     """
 
-    def __init__(self, store: Store, final_path: str, n: int, dim: int, dtype: str):
-        self._store, self._final = store, final_path
-        be = store._backend
+    def __init__(self, staging: Staging, n: int, dim: int, dtype: str):
+        self._staging, self._final = staging, staging.final
         # The commit this writer may replace (a redo of a changed slide); any other commit that appears at
         # the final path meanwhile is a concurrent run's, and is kept.
         self._replaces = self._current_commit()
-        self._stage = store._new_staging()
         self._rows = row_chunks(n, dim * np.dtype(dtype).itemsize)
-        self._features = be.create_array(f"{self._stage}/features", (n, dim), dtype, (self._rows, dim))
+        self._features = staging.create_array("features", (n, dim), dtype, (self._rows, dim))
         self._small = {
-            "coords": be.create_array(f"{self._stage}/coords", (n, 2), "int64", (max(n, 1), 2)),
-            "tissue_fraction": be.create_array(f"{self._stage}/tissue_fraction", (n,), "float32", (max(n, 1),)),
+            "coords": staging.create_array("coords", (n, 2), "int64", (max(n, 1), 2)),
+            "tissue_fraction": staging.create_array("tissue_fraction", (n,), "float32", (max(n, 1),)),
         }
         self._coords = np.zeros((n, 2), np.int64)
         self._tissue = np.zeros(n, np.float32)
@@ -96,29 +92,27 @@ class SlideWriter:
                          "sha256": integrity.combine([self._hashes[c] for c in range(len(self._hashes))])},
             "coords": integrity.record(self._coords), "tissue_fraction": integrity.record(self._tissue),
         }
-        be = self._store._backend
-        be.set_attrs(self._stage, {**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests,
-                                   "commit_id": uuid.uuid4().hex})
+        self._staging.set_attrs({**attrs, "n_patches": self.n, "committed": now_iso(), "digests": digests,
+                                 "commit_id": uuid.uuid4().hex})
         current = self._current_commit()
         if current is not None and current != self._replaces:
             self.abort()
             raise AlreadyCommittedError(f"{self._final}: already committed by another run")
         try:
-            self._store._swap_in(self._stage, self._final, replace=self._replaces is not None)
+            # A success supersedes an earlier failure record of the same slide.
+            self._staging.commit(replace=self._replaces is not None,
+                                 supersedes=self._final.replace("/slides/", "/failed/"))
         except NodeExistsError as exc:  # the other run's commit landed between our check and our move
             self.abort()
             raise AlreadyCommittedError(f"{self._final}: already committed by another run") from exc
         except BaseException:  # anything else (a full disk, a name the file system refuses) is an error
             self.abort()
             raise
-        # A success supersedes an earlier failure record of the same slide.
-        be.delete(self._final.replace("/slides/", "/failed/"))
-        be.flush()
 
     def _current_commit(self) -> str | None:
         """The commit id of the slide at the final path now (read aside while it is being replaced), or None."""
-        node = self._store._locate(self._final)
-        return None if node is None else self._store._backend.attrs(node).get("commit_id")
+        attrs = self._staging.final_attrs()
+        return None if attrs is None else attrs.get("commit_id")
 
     def abort(self) -> None:
-        self._store._backend.delete(self._stage)
+        self._staging.abort()

@@ -228,3 +228,19 @@ def test_opening_errors(tmp_path):
     with pytest.raises(StoreError, match="not a Zarr v3 store"):
         featstore.open(tmp_path / "plain.zarr", "a")
     assert featstore.open(tmp_path / "new.zarr", "a").summary()["feature_sets"] == {}
+
+
+def test_backends_state_their_own_differences(tmp_path):
+    """Where the formats differ the backend says so (no caller branches on its name): HDF5 takes one writer
+    and shows a lost chunk only when read; Zarr takes many and lists a deleted chunk file without reading."""
+    from fusion.simulate import simulate_cohort
+
+    for suffix, single in ((".zarr", False), (".h5", True)):
+        path = tmp_path / f"s{suffix}"
+        simulate_cohort(path, patients=4, patches=3, dim=8, genes=5, seed=0).close()
+        node = "features/simulated/slides/SIM-00000-SIM/features"
+        if suffix == ".zarr":
+            (path / node / "c" / "0" / "0").unlink()
+        with featstore.open(path, "a") as s:
+            assert s.single_writer is single and s._backend.name == suffix.strip(".").replace("h5", "hdf5")
+            assert s._backend.lost_chunks(node) == ([] if single else ["c/0/0"])

@@ -16,10 +16,20 @@ from featstore.errors import StoreError
 
 
 class Backend(Protocol):
-    """The primitives the store is written in; nothing else of a backend is used."""
+    """The primitives the store is written in; nothing else of a backend is used. Where the two formats differ
+    the backend says so itself (its capabilities), so no caller branches on which one it is."""
 
+    name: str  # "zarr" or "hdf5"
     path: Path
     writable: bool
+    # One writing process at a time (HDF5, under its lock): a writer then owns every staging entry it finds,
+    # and distributed extraction is refused.
+    single_writer: bool
+
+    def lost_chunks(self, path: str) -> list[str]:
+        """Chunk keys of the array at ``path`` that are gone from storage where that is visible without
+        reading them (a Zarr chunk file deleted); [] where a lost chunk shows only when read (HDF5)."""
+        ...
 
     def has(self, path: str) -> bool: ...
     def attrs(self, path: str) -> dict: ...

@@ -18,6 +18,9 @@ from featstore.errors import NodeExistsError, StoreError, StoreLockedError
 
 
 class HDF5Backend:
+    name = "hdf5"
+    single_writer = True
+
     def __init__(self, path: Path, mode: str):
         import h5py
 
@@ -93,6 +96,9 @@ class HDF5Backend:
 
     def has(self, path: str) -> bool:
         return path in self._file
+
+    def lost_chunks(self, path: str) -> list[str]:
+        return []  # chunks live inside the one file: a damaged one fails its read (deep validation finds it)
 
     def attrs(self, path: str) -> dict:
         node = self._file[path] if path else self._file

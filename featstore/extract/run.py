@@ -93,9 +93,9 @@ def extract(
             runtime = _runtime(dev, why, allocator)
             todo = _prepare(store, name, fs_config, slides, overwrite, log, report)
             distributed = scheduler is not None or dask_workers is not None or bool(gpus)
-            if distributed and store.backend_name == "hdf5":
-                raise StoreError(f"{store_path} is an HDF5 store, which takes one writer at a time; "
-                                 "distributed extraction needs a .zarr store")
+            if distributed and store.single_writer:
+                raise StoreError(f"{store_path} is an {store.backend_name.upper()} store, which takes one writer at a "
+                                 "time; distributed extraction needs a .zarr store")
             log("run_start", feature_set=name, slides=len(slides), todo=len(todo), skipped=len(report.skipped),
                 precision=precision, config_hash=config_hash(fs_config), **runtime)
             if not distributed:
