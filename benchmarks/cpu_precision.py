@@ -53,24 +53,24 @@ def bare(precision: str, allocator: str) -> float:
 
 
 def pipeline(slides: list, out: Path, precision: str, allocator: str) -> tuple[float, int]:
-    from featstore.extract import ExtractConfig, extract
+    from featstore.extract import ExtractConfig, RunConfig, extract
 
     os.environ["FEATSTORE_ALLOCATOR"] = "kept" if allocator == "kept" else "system"
     cfg = ExtractConfig(encoder="resnet50", weights="random", precision=precision, min_tissue=0.0)
     t0 = time.perf_counter()
-    report = extract(slides, out, cfg, batch_size=32)
+    report = extract(slides, out, cfg, run=RunConfig(batch_size=32))
     return report.patches / (time.perf_counter() - t0), report.patches
 
 
 def drift(tmp: Path) -> tuple[float, float]:
     import featstore
-    from featstore.extract import ExtractConfig, extract, find_slides
+    from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 
     cmu = ROOT / "data" / "wsi_cmu1_small_region" / "CMU-1-Small-Region.svs"
     feats = {}
     for precision in ("fp32", "bf16"):
         cfg = ExtractConfig(encoder="resnet50", weights="random", precision=precision, dtype="float32")
-        extract(find_slides([cmu]), tmp / f"drift-{precision}.zarr", cfg, batch_size=32)
+        extract(find_slides([cmu]), tmp / f"drift-{precision}.zarr", cfg, run=RunConfig(batch_size=32))
         with featstore.open(tmp / f"drift-{precision}.zarr") as s:
             feats[precision] = s.read_slide(None, "CMU-1-Small-Region").features.astype(np.float64)
     a, b = feats["fp32"], feats["bf16"]

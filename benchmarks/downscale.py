@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from extract_throughput import SLIDE, make_tcga_like  # noqa: E402
 from results_table import append_rows  # noqa: E402
 
 from featstore.encoders import build_encoder  # noqa: E402
-from featstore.extract import ExtractConfig, PatchEmbedder  # noqa: E402
+from featstore.extract import ExtractConfig, PatchEmbedder, RunConfig  # noqa: E402
 from featstore.extract.config import SlideSpec  # noqa: E402
 from featstore.extract.plan import plan_slide, read_patch  # noqa: E402
 from featstore.slides import open_slide  # noqa: E402
@@ -49,10 +48,10 @@ COLUMNS = ["date", "machine", "input", "patches", "resize patches/s", "dct patch
            "centred cosine dct vs resize: median", "1st percentile", "min", "neighbours' centred cosine: median", "dct note"]
 
 
-def read_all(path: Path, cfg: ExtractConfig, limit: int) -> tuple[np.ndarray, float, str]:
+def read_all(path: Path, cfg: ExtractConfig, run: RunConfig, limit: int) -> tuple[np.ndarray, float, str]:
     """The slide's first ``limit`` tissue patches, patches/s reading them (after planning), the method note."""
     with open_slide(path) as reader:
-        plan = plan_slide(reader, cfg, SlideSpec(str(path), path.stem, path.stem), None)
+        plan = plan_slide(reader, cfg, SlideSpec(str(path), path.stem, path.stem), None, run)
         coords = plan.coords[:limit]
         t0 = time.perf_counter()
         patches = np.stack([read_patch(reader, plan.geometry, x, y) for x, y in coords])
@@ -60,7 +59,7 @@ def read_all(path: Path, cfg: ExtractConfig, limit: int) -> tuple[np.ndarray, fl
     return patches, rate, plan.info["downscale"]
 
 
-def pool_reading(path: Path, cfg: ExtractConfig, copies: int) -> float:
+def pool_reading(path: Path, cfg: ExtractConfig, run: RunConfig, copies: int) -> float:
     """patches/s of the reader workers (default count) reading ``copies`` links of the whole slide, reading
     alone (no model); several copies, so the workers' start-up is not most of the time."""
     from extract_throughput import reader_throughput
@@ -70,14 +69,14 @@ def pool_reading(path: Path, cfg: ExtractConfig, copies: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(copies):
             (Path(tmp) / f"copy-{i}{path.suffix}").hardlink_to(path)
-        return reader_throughput(find_slides([tmp]), cfg, None, torch.device("cpu"))[0]
+        return reader_throughput(find_slides([tmp]), cfg, run, torch.device("cpu"))[0]
 
 
 def compare(path: Path, mpp: float, size: int, limit: int, embed: PatchEmbedder) -> dict:
     cfg = ExtractConfig(target_mpp=mpp, patch_size=size, min_tissue=0.25)
     runs = {}
     for method in ("resize", "dct", "resize", "dct"):  # twice each, interleaved: the second of each counts
-        runs[method] = read_all(path, replace(cfg, downscale=method), limit)
+        runs[method] = read_all(path, cfg, RunConfig(downscale=method), limit)
     feats = {}
     for method, (patches, _, _) in runs.items():
         x = torch.from_numpy(patches)
@@ -86,7 +85,7 @@ def compare(path: Path, mpp: float, size: int, limit: int, embed: PatchEmbedder)
     dct, resize = feats["dct"] - centre, feats["resize"] - centre
     cos = torch.nn.functional.cosine_similarity(dct, resize).numpy()
     neighbours = torch.nn.functional.cosine_similarity(resize[1:], resize[:-1]).numpy()
-    pool = {m: pool_reading(path, replace(cfg, downscale=m), 4) for m in ("resize", "dct", "resize", "dct")}
+    pool = {m: pool_reading(path, cfg, RunConfig(downscale=m), 4) for m in ("resize", "dct", "resize", "dct")}
     return {"patches": len(cos), "resize": runs["resize"][1], "dct": runs["dct"][1], "pool": pool, "cos": cos,
             "neighbours": neighbours, "note": runs["dct"][2]}
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featstore.encoders import build_encoder  # noqa: E402
-from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, resolve_device, resolve_precision  # noqa: E402
+from featstore.extract import ExtractConfig, PatchEmbedder, RunConfig, extract, find_slides, resolve_device, resolve_precision  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results_table import append_rows  # noqa: E402
@@ -95,7 +95,7 @@ def make_tcga_like(path: Path, side: int = 40_000, tile: int = 256) -> None:
                       subfiletype=0 if i == 0 else 1)
 
 
-def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None, dev: torch.device) -> tuple[float, str]:
+def reader_throughput(specs, cfg: ExtractConfig, run: RunConfig, dev: torch.device) -> tuple[float, str]:
     """The reading side alone (no model): the workers planning, reading and shipping patches, and under
     --decoder gpu the main process reading the tile bytes, decoding them on ``dev`` and cropping there. The
     ceiling the pipeline can reach when reading, not inference, is the slower half. Also returns the slides'
@@ -103,12 +103,11 @@ def reader_throughput(specs, cfg: ExtractConfig, num_workers: int | None, dev: t
     from featstore.extract import PatchReader
     from featstore.extract.device_decode import DeviceSlides
     from featstore.extract.messages import Coords, Pixels, Planned
-    from featstore.extract.run import _default_workers
 
-    workers = _default_workers() if num_workers is None else num_workers
+    run = run.resolved(str(dev))
     decoders, notes = DeviceSlides({i: s.path for i, s in enumerate(specs)}, dev), set()
     n, t0 = 0, time.perf_counter()
-    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, workers, on_device=decoders):
+    for item in PatchReader(list(enumerate(specs)), cfg, None, 32, run.num_workers, on_device=decoders, run=run):
         if isinstance(item, Planned):
             notes.add(item.plan.info["pixels"])
         elif isinstance(item, Coords):
@@ -162,7 +161,8 @@ def main() -> None:
     precision, why = resolve_precision(args.precision, dev, build_encoder(args.encoder, "random"))
     print(f"precision {precision} ({why})")
     cfg = ExtractConfig(encoder=args.encoder, weights="random", target_mpp=args.target_mpp, precision=precision,
-                        min_tissue=args.min_tissue, decoder=args.decoder)
+                        min_tissue=args.min_tissue)
+    run = RunConfig(device=args.device, decoder=args.decoder, batch_size=args.batch_size, num_workers=args.num_workers)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "slides"
         d.mkdir()
@@ -185,16 +185,14 @@ def main() -> None:
                 shutil.copy(SLIDE, d / f"CMU-{i:03d}.svs")
         specs = find_slides([d])
         # Warm-up run on one slide (model load, worker start-up) kept out of the figures.
-        extract(specs[:1], Path(tmp) / "warm.zarr", cfg, device=args.device, batch_size=args.batch_size,
-                num_workers=args.num_workers)
+        extract(specs[:1], Path(tmp) / "warm.zarr", cfg, run)
         t0 = time.perf_counter()
-        report = extract(specs, Path(tmp) / "bench.zarr", cfg, device=args.device, batch_size=args.batch_size,
-                         num_workers=args.num_workers)
+        report = extract(specs, Path(tmp) / "bench.zarr", cfg, run)
         wall = time.perf_counter() - t0
         # The reading side alone: the workers' decoding, or under --decoder gpu the main process's.
-        reading, pixels = reader_throughput(specs, cfg, args.num_workers, dev)
+        reading, pixels = reader_throughput(specs, cfg, run, dev)
         # The same readers with every pixel through OpenSlide: what direct tile decoding buys, same run.
-        reading_openslide, _ = reader_throughput(specs, replace(cfg, decoder="openslide"), args.num_workers, dev)
+        reading_openslide, _ = reader_throughput(specs, cfg, replace(run, decoder="openslide"), dev)
     pipeline = report.patches / wall
     embed = PatchEmbedder(build_encoder(args.encoder, "random"), dev, precision)
     bare = bare_throughput(embed, args.batch_size, cfg.patch_size, seconds=max(5.0, min(wall, 20.0)))
@@ -206,7 +204,7 @@ def main() -> None:
     what = {"pyramid": f"{args.copies} x {args.mosaic}x{args.mosaic} mosaic pyramid ({args.codec})",
             "tcga40x": f"{args.copies} x TCGA-like 40x slide ({args.side:,} px, RGB JPEG)",
             "copies": f"{args.copies} copies of the small slide"}[args.input]
-    what += f", decoder {args.decoder}" + (f" ({pixels})" if cfg.decoder == "gpu" else "")
+    what += f", decoder {args.decoder}" + (f" ({pixels})" if run.decoder == "gpu" else "")
     if args.target_mpp != 0.5:
         what += f", read at {args.target_mpp} µm/px"
     row = (f"| {time.strftime('%Y-%m-%d')} | {machine}, {cores} cores | {what}, {workers} | "

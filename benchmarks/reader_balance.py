@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from extract_throughput import make_pyramid  # noqa: E402
 from results_table import append_rows  # noqa: E402
 
-from featstore.extract import ExtractConfig, PatchReader, find_slides  # noqa: E402
+from featstore.extract import ExtractConfig, PatchReader, RunConfig, find_slides  # noqa: E402
 from featstore.extract.messages import Pixels  # noqa: E402
 from featstore.extract.pool import _PatchStream, _ReaderCache  # noqa: E402
 
@@ -70,7 +70,7 @@ def measure(specs, cfg: ExtractConfig, workers: int, repeats: int) -> tuple[list
         rate, n = patches_per_second(PatchReader(largest_first, cfg, None, 32, workers))
         rates[0].append(rate)
         rates[1].append(patches_per_second(PatchReader(largest_first, cfg, None, 32, workers, share=False))[0])
-        stream = RoundRobinStream(specs, cfg, None, 32, share=False)
+        stream = RoundRobinStream(specs, cfg, None, 32, share=False, run=RunConfig())
         rates[2].append(patches_per_second(DataLoader(stream, batch_size=None, num_workers=workers,
                                                       prefetch_factor=4))[0])
     return [max(r) for r in rates], n

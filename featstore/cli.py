@@ -255,8 +255,9 @@ def extract(
             fail(f"--shard must look like I/N (e.g. 0/4), got {shard!r}")
         specs = ex.shard(specs, i, n)
     cfg = ex.ExtractConfig(encoder=encoder, weights=weights, seed=seed, target_mpp=mpp, patch_size=patch_size,
-                           min_tissue=min_tissue, precision=precision, decoder=decoder, max_patches=max_patches,
-                           downscale=downscale)
+                           min_tissue=min_tissue, precision=precision)
+    run = ex.RunConfig(device=device, devices=devices, decoder=decoder, downscale=downscale, batch_size=batch_size,
+                       num_workers=num_workers, max_patches=max_patches, scheduler=scheduler, dask_workers=dask_workers)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet)
     task = progress.add_task("slides", total=len(specs), rate="")
@@ -299,10 +300,8 @@ def extract(
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore")
-            report = ex.extract(specs, out, cfg, name=name, device=device, batch_size=batch_size,
-                                num_workers=num_workers, mpp_default=mpp_default, overwrite=overwrite, strict=strict,
-                                on_event=on_event, scheduler=scheduler, dask_workers=dask_workers,
-                                devices=devices)
+            report = ex.extract(specs, out, cfg, run, name=name, mpp_default=mpp_default, overwrite=overwrite,
+                                strict=strict, on_event=on_event)
     except KeyboardInterrupt:
         if progress.live.is_started:
             progress.stop()

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 import featstore
-from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 from featstore.interop import import_features
 from featstore.tables import import_genes
 
@@ -42,7 +42,7 @@ def run(op: str, store: Path) -> None:
         # "extract two": the CMU slide and a folder of tiles read as a second slide; "extract --overwrite":
         # the CMU slide redone beside the other
         slides = find_slides([CMU]) + (find_slides([TILES], tiles_as_slide=True) if op == "extract two" else [])
-        report = extract(slides, store, CFG, num_workers=0, mpp_default=0.5, overwrite=op == "extract --overwrite")
+        report = extract(slides, store, CFG, mpp_default=0.5, overwrite=op == "extract --overwrite", run=RunConfig(num_workers=0))
         assert report.failed == {} and len(report.done) == len(slides), report
         return
     if op == "view":

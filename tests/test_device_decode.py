@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import featstore
-from featstore.extract import ExtractConfig, device_decode, extract, find_slides
+from featstore.extract import ExtractConfig, RunConfig, device_decode, extract, find_slides
 from featstore.extract.device_decode import DeviceTileDecoder
 from featstore.tifftiles import TiffTiles
 
@@ -94,8 +94,8 @@ def test_device_decoder_gives_the_cpu_decoders_features_and_says_so(tmp_path, de
     slide = CMU if layout == "aperio-rgb" else _ycbcr_tiff(tmp_path / "CMU-ycbcr.tif")
     store = tmp_path / "s.zarr"
     for decoder in ("cpu", "gpu"):
-        report = extract(find_slides([slide]), store, ExtractConfig(**{**CFG.__dict__, "decoder": decoder}),
-                         name=decoder, device=device, num_workers=0)
+        report = extract(find_slides([slide]), store, CFG, name=decoder,
+                         run=RunConfig(device=device, decoder=decoder, num_workers=0))
         assert report.done == [slide.stem], report.failed
     with featstore.open(store) as s:
         cpu, dev = s.read_slide("cpu", slide.stem), s.read_slide("gpu", slide.stem)
@@ -118,15 +118,13 @@ def test_device_decoder_gives_the_cpu_decoders_features_and_says_so(tmp_path, de
 
 def test_a_slide_whose_device_decoding_disagrees_is_read_on_the_cpu_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(device_decode, "MAX_ABS_DIFF", -1)  # any difference, even none, now disagrees
-    report = extract(find_slides([CMU]), tmp_path / "s.zarr", ExtractConfig(**{**CFG.__dict__, "decoder": "gpu"}),
-                     num_workers=2)
+    report = extract(find_slides([CMU]), tmp_path / "s.zarr", CFG, run=RunConfig(decoder="gpu", num_workers=2))
     assert report.done == [SLIDE]
     got = _features(tmp_path / "s.zarr", "resnet50-trunc")
     # Read by the reader workers with the CPU decoder (their direct-reader note kept), and the reason said.
     pixels = got.attrs["provenance"]["pixels"]
     assert pixels.startswith("tifffile") and " in the reader workers: the device decoder differs" in pixels, pixels
-    ref = extract(find_slides([CMU]), tmp_path / "r.zarr", ExtractConfig(**{**CFG.__dict__, "decoder": "cpu"}),
-                  num_workers=0)
+    ref = extract(find_slides([CMU]), tmp_path / "r.zarr", CFG, run=RunConfig(decoder="cpu", num_workers=0))
     assert ref.done == [SLIDE]
     want = _features(tmp_path / "r.zarr", "resnet50-trunc")
     np.testing.assert_array_equal(got.coords, want.coords)
@@ -139,8 +137,7 @@ def test_a_device_decoder_that_fails_leaves_the_slide_to_the_reader_workers(tmp_
         raise RuntimeError("nvJPEG status 6")
 
     monkeypatch.setattr(DeviceTileDecoder, "disagreement", broken)
-    report = extract(find_slides([CMU]), tmp_path / "s.zarr", ExtractConfig(**{**CFG.__dict__, "decoder": "gpu"}),
-                     num_workers=0)
+    report = extract(find_slides([CMU]), tmp_path / "s.zarr", CFG, run=RunConfig(decoder="gpu", num_workers=0))
     assert report.done == [SLIDE], report.failed
     pixels = _features(tmp_path / "s.zarr", "resnet50-trunc").attrs["provenance"]["pixels"]
     assert "in the reader workers: the device decoder failed (RuntimeError: nvJPEG status 6)" in pixels, pixels
@@ -157,9 +154,8 @@ def test_reader_workers_send_coordinates_only_for_slides_the_main_process_takes(
         asked.append(idx)
         return verdict
 
-    cfg = ExtractConfig(**{**CFG.__dict__, "decoder": "gpu"})
     got = {Planned: 0, Coords: 0, Pixels: 0}
-    for item in PatchReader(list(enumerate(find_slides([CMU]))), cfg, None, 32, 2,
+    for item in PatchReader(list(enumerate(find_slides([CMU]))), CFG, None, 32, 2, run=RunConfig(decoder="gpu"),
                             on_device=None if verdict is None else on_device):
         match item:
             case Coords(coords=rows) | Pixels(patches=rows):

@@ -3,16 +3,13 @@ to match the antialiased resize; --downscale resize: today's full decode and res
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import tifffile
 
 import featstore
-from featstore.encoders import build_encoder
-from featstore.extract import ExtractConfig, extract, find_slides, read_patch
-from featstore.extract.config import SlideSpec, feature_set_config
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides, read_patch
+from featstore.extract.config import SlideSpec
 from featstore.extract.plan import plan_slide
 from featstore.slides import OpenSlideReader, like_bilinear, resize_rgb
 from featstore.tifftiles import TiffTiles
@@ -85,7 +82,7 @@ def test_plan_picks_the_scale_and_says_so_in_provenance():
             plan = plan_slide(r, ExtractConfig(target_mpp=mpp, patch_size=size), SPEC, None)
         assert plan.geometry.scale == scale and plan.info["downscale"].startswith(note), (mpp, plan.info["downscale"])
     with OpenSlideReader(CMU) as r:
-        plan = plan_slide(r, ExtractConfig(target_mpp=1.0, downscale="resize"), SPEC, None)
+        plan = plan_slide(r, ExtractConfig(target_mpp=1.0), SPEC, None, RunConfig(downscale="resize"))
     assert plan.geometry.scale == 1 and plan.info["downscale"].startswith("resize (antialiased bilinear, --downscale")
     with OpenSlideReader(CMU, direct=False) as r:  # every pixel through OpenSlide: nothing to decode at a scale
         plan = plan_slide(r, ExtractConfig(target_mpp=1.0), SPEC, None)
@@ -98,7 +95,7 @@ def test_dct_patches_match_the_resize_and_each_tile_is_decoded_once():
     apart without it), and no tile is decoded twice."""
     cfg = ExtractConfig(target_mpp=1.0, patch_size=96, min_tissue=0.0)
     with OpenSlideReader(CMU) as r:
-        resize_plan = plan_slide(r, replace(cfg, downscale="resize"), SPEC, None)
+        resize_plan = plan_slide(r, cfg, SPEC, None, RunConfig(downscale="resize"))
         resized = np.stack([read_patch(r, resize_plan.geometry, x, y) for x, y in resize_plan.coords]).astype(int)
     with OpenSlideReader(CMU) as r:
         plan = plan_slide(r, cfg, SPEC, None)
@@ -129,14 +126,11 @@ def test_downscale_is_a_run_choice_recorded_per_slide(tmp_path):
     """Both methods extract into one feature set (as the decoders do: about a grey level apart), each slide's
     provenance naming its method; a bad value is refused by name."""
     with pytest.raises(ValueError, match="downscale must be one of dct, resize, got 'lanczos'"):
-        ExtractConfig(downscale="lanczos")
-    enc = build_encoder("resnet50-trunc", "random")
-    a, b = ExtractConfig(downscale="dct"), ExtractConfig(downscale="resize")
-    assert feature_set_config(a, enc, "fp32") == feature_set_config(b, enc, "fp32")
+        RunConfig(downscale="lanczos")
     store = tmp_path / "s.zarr"
     cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", patch_size=64, target_mpp=2.0)
     for method in ("dct", "resize"):
-        report = extract(find_slides([CMU]), store, replace(cfg, downscale=method), name=method, num_workers=0)
+        report = extract(find_slides([CMU]), store, cfg, name=method, run=RunConfig(downscale=method, num_workers=0))
         assert report.done == ["CMU-1-Small-Region"]
     with featstore.open(store) as s:
         dct, resize = (s.read_slide(m, "CMU-1-Small-Region") for m in ("dct", "resize"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import featstore
-from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 from featstore.tissue import tissue_mask
 from fusion.api import CVOptions
 from fusion.explain import draw, explain
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     slide's own patches (fusion simulate --patches-from), so the model applies to the real slide."""
     tmp = tmp_path_factory.mktemp("explain")
     store = tmp / "s.zarr"
-    assert extract(find_slides([CMU]), store, CFG, num_workers=0).done == [SLIDE]
+    assert extract(find_slides([CMU]), store, CFG, run=RunConfig(num_workers=0)).done == [SLIDE]
     simulate_cohort(tmp / "train.zarr", patients=60, patches=24, genes=20, image_signal=2.0, split=1.0,
                     patches_from=store).close()
     with featstore.open(tmp / "train.zarr") as s:
@@ -64,7 +64,7 @@ def test_heatmap_of_the_real_slide_has_its_aspect_and_its_hottest_patch_on_tissu
 def test_explain_every_slide_of_a_store_including_a_tile_folder_and_refusals(trained, tmp_path):
     store, model = trained
     tiles = tmp_path / "tiles.zarr"
-    report = extract(find_slides([TILES], tiles_as_slide=True), tiles, CFG, num_workers=0, mpp_default=0.5)
+    report = extract(find_slides([TILES], tiles_as_slide=True), tiles, CFG, mpp_default=0.5, run=RunConfig(num_workers=0))
     assert report.done, report.failed
     res = explain(model, tiles, None, tmp_path / "all")
     assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == sorted(f"{s}.png" for s in res)

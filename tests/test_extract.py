@@ -20,7 +20,7 @@ from PIL import Image
 
 import featstore
 from featstore.encoders import WeightsError, build_encoder
-from featstore.extract import ExtractConfig, PatchEmbedder, extract, find_slides, read_patch, shard
+from featstore.extract import ExtractConfig, PatchEmbedder, RunConfig, extract, find_slides, read_patch, shard
 from featstore.extract.dask import run_on_dask
 from featstore.extract.events import _EventLog
 from featstore.slides import open_slide
@@ -70,7 +70,7 @@ def _mosaic(path, n: int, corrupt_bottom: bool = False) -> None:
 
 def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
     store = tmp_path / "s.zarr"
-    report = extract(find_slides([CMU]), store, CFG, batch_size=16, num_workers=1)
+    report = extract(find_slides([CMU]), store, CFG, run=RunConfig(batch_size=16, num_workers=1))
     assert report.failed == {} and report.done == ["CMU-1-Small-Region"]
     with featstore.open(store) as s:
         sl = s.read_slide(None, "CMU-1-Small-Region")
@@ -108,13 +108,13 @@ def test_cmu_slide_with_own_mpp_and_coordinates_reproduce_rows(tmp_path):
 
 def test_slide_without_mpp_fails_alone_then_succeeds_with_manifest(tmp_path):
     store = tmp_path / "s.h5"
-    report = extract(find_slides([TCGA_NO_MPP, CMU]), store, CFG, num_workers=0)
+    report = extract(find_slides([TCGA_NO_MPP, CMU]), store, CFG, run=RunConfig(num_workers=0))
     assert list(report.failed) == ["TCGA-CR-7395-01A-01-TS1"]
     assert "no mpp" in report.failed["TCGA-CR-7395-01A-01-TS1"]
     assert report.exit_code == 2
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide_path,mpp\n{TCGA_NO_MPP},0.25\n")
-    report = extract(find_slides([manifest]), store, CFG, num_workers=0)
+    report = extract(find_slides([manifest]), store, CFG, run=RunConfig(num_workers=0))
     assert report.done == ["TCGA-CR-7395-01A-01-TS1"] and report.exit_code == 0
     with featstore.open(store) as s:
         assert s.failures() == {}
@@ -125,12 +125,12 @@ def test_slide_without_mpp_fails_alone_then_succeeds_with_manifest(tmp_path):
 
 def test_tiles_as_images_and_as_a_tile_folder(tmp_path):
     store = tmp_path / "t.zarr"
-    report = extract(find_slides([TILES]), store, CFG, mpp_default=0.5, num_workers=1)
+    report = extract(find_slides([TILES]), store, CFG, mpp_default=0.5, run=RunConfig(num_workers=1))
     assert "no-tissue" in report.failed and "no tissue" in report.failed["no-tissue"]
     assert "tcga-lung-rgb" in report.done
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide_path,slide_id,patient_id,mpp\n{TILES},histolab-tiles,P1,0.5\n")
-    report = extract(find_slides([manifest]), store, CFG, name="folder", num_workers=0)
+    report = extract(find_slides([manifest]), store, CFG, name="folder", run=RunConfig(num_workers=0))
     assert report.done == ["histolab-tiles"]
     with featstore.open(store) as s:
         attrs = s.slide_attrs("folder", "histolab-tiles")
@@ -151,17 +151,17 @@ def test_bad_slides_fail_cleanly_while_others_finish_and_resume_skips(tmp_path):
     d = _slides(tmp_path)
     store = tmp_path / "s.zarr"
     events = []
-    report = extract(find_slides([d]), store, CFG, num_workers=2, on_event=events.append)
+    report = extract(find_slides([d]), store, CFG, on_event=events.append, run=RunConfig(num_workers=2))
     assert sorted(report.done) == ["CMU-copy0", "CMU-copy1", "CMU-copy2"]
     assert set(report.failed) == {"truncated", "not-a-slide"}
     assert "OpenSlide cannot read this .svs file" in report.failed["not-a-slide"]
     assert "truncated or damaged" in report.failed["truncated"], report.failed
     assert {e["event"] for e in events} >= {"run_start", "slide_done", "slide_failed", "run_end", "progress"}
     assert (tmp_path / "s.zarr.events.jsonl").read_text().count("slide_done") == 3
-    again = extract(find_slides([d]), store, CFG, num_workers=0)
+    again = extract(find_slides([d]), store, CFG, run=RunConfig(num_workers=0))
     assert sorted(again.skipped) == ["CMU-copy0", "CMU-copy1", "CMU-copy2"] and again.done == []
     os.utime(d / "CMU-copy1.svs", (time.time() + 5, time.time() + 5))
-    again = extract(find_slides([d]), store, CFG, num_workers=0)
+    again = extract(find_slides([d]), store, CFG, run=RunConfig(num_workers=0))
     assert again.done == ["CMU-copy1"]
     with pytest.raises(featstore.StoreError, match="another config"):
         extract(find_slides([d]), store, ExtractConfig(encoder="resnet50-trunc", precision="fp32", patch_size=96, target_mpp=2.0))
@@ -172,11 +172,11 @@ def test_strict_stops_at_the_first_failure_and_leaves_a_clean_store(tmp_path):
     d.mkdir()
     _mosaic(d / "big.tif", 2)
     (d / "junk.svs").write_bytes(os.urandom(len((d / "big.tif").read_bytes()) + 1))  # largest: claimed first
-    report = extract(find_slides([d]), tmp_path / "s.zarr", CFG, batch_size=2, num_workers=2, strict=True)
+    report = extract(find_slides([d]), tmp_path / "s.zarr", CFG, strict=True, run=RunConfig(batch_size=2, num_workers=2))
     assert list(report.failed) == ["junk"] and report.done == []  # the big slide was being read: dropped
     with featstore.open(tmp_path / "s.zarr") as s:
         assert s.slides() == [] and list(s.failures()) == ["junk"] and s.validate() == []
-    again = extract(find_slides([d]), tmp_path / "s.zarr", CFG, batch_size=2, num_workers=2)
+    again = extract(find_slides([d]), tmp_path / "s.zarr", CFG, run=RunConfig(batch_size=2, num_workers=2))
     assert again.done == ["big"] and list(again.failed) == ["junk"]
 
 
@@ -188,10 +188,10 @@ def test_shards_partition_the_slides(tmp_path):
 
 KILLER = """
 import sys
-from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=1.0)
-extract(find_slides([sys.argv[1]]), sys.argv[2], cfg, batch_size=8, num_workers=int(sys.argv[3]),
-        on_event=lambda e: print(e["event"], flush=True))
+extract(find_slides([sys.argv[1]]), sys.argv[2], cfg,
+        on_event=lambda e: print(e["event"], flush=True), run=RunConfig(batch_size=8, num_workers=int(sys.argv[3])))
 """
 
 
@@ -234,9 +234,9 @@ def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
     cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
     events = []
     # batch 2: 2-patch chunks and 8- to 64-patch shared ranges, so the ~230-patch slide splits.
-    one = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "one.zarr", cfg, batch_size=2, num_workers=0)
-    two = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "two.zarr", cfg, batch_size=2, num_workers=2,
-                  on_event=events.append)
+    one = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "one.zarr", cfg, run=RunConfig(batch_size=2, num_workers=0))
+    two = extract(find_slides([tmp_path / "big.tif"]), tmp_path / "two.zarr", cfg,
+                  on_event=events.append, run=RunConfig(batch_size=2, num_workers=2))
     assert one.done == two.done == ["big"] and one.patches == two.patches > 200
     shared = [e for e in events if e["event"] == "slide_shared"]
     assert shared and all(e["slide_id"] == "big" and 0 < e["patches"][0] < e["patches"][1] <= two.patches
@@ -249,19 +249,19 @@ def test_a_big_slide_is_shared_by_idle_workers_and_equals_one_reader(tmp_path):
     # A plain image is not shared: every worker reading it would decode all of it.
     Image.fromarray(tifffile.imread(tmp_path / "big.tif", key=0)).save(tmp_path / "big.png", compress_level=1)
     events.clear()
-    png = extract(find_slides([tmp_path / "big.png"]), tmp_path / "png.zarr", cfg, batch_size=2, num_workers=2,
-                  mpp_default=0.499, on_event=events.append)
+    png = extract(find_slides([tmp_path / "big.png"]), tmp_path / "png.zarr", cfg,
+                  mpp_default=0.499, on_event=events.append, run=RunConfig(batch_size=2, num_workers=2))
     assert png.done == ["big"] and png.patches > 200 and not any(e["event"] == "slide_shared" for e in events)
 
 
 START_METHODS = """
 import multiprocessing, sys
-from featstore.extract import ExtractConfig, extract, find_slides
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0)
 if __name__ == "__main__":
     for method in ("spawn", "forkserver"):  # macOS's default, and Linux's from Python 3.14
         multiprocessing.set_start_method(method, force=True)
-        r = extract(find_slides([sys.argv[1]]), f"{sys.argv[2]}/{method}.zarr", cfg, batch_size=2, num_workers=2)
+        r = extract(find_slides([sys.argv[1]]), f"{sys.argv[2]}/{method}.zarr", cfg, run=RunConfig(batch_size=2, num_workers=2))
         print(method, r.done, r.failed, r.patches, flush=True)
 """
 
@@ -289,13 +289,13 @@ def test_a_shared_slide_with_a_bad_tile_fails_alone(tmp_path):
     cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0, min_tissue=0.0,
                         thumbnail_side=128)
     events = []
-    report = extract(find_slides([tmp_path / "bad.tif"]), tmp_path / "s.zarr", cfg, batch_size=2, num_workers=2,
-                     on_event=events.append)
+    report = extract(find_slides([tmp_path / "bad.tif"]), tmp_path / "s.zarr", cfg,
+                     on_event=events.append, run=RunConfig(batch_size=2, num_workers=2))
     assert any(e["event"] == "slide_shared" for e in events)  # the second worker had nothing else to do
     assert report.done == [] and list(report.failed) == ["bad"]
     assert re.search(r"bad\.tif.*tile \d+ of page 1 cannot be decoded", report.failed["bad"]), report.failed["bad"]
     report = extract(find_slides([tmp_path / "bad.tif", tmp_path / "good.svs"]), tmp_path / "s.zarr", cfg,
-                     batch_size=2, num_workers=2)
+                     run=RunConfig(batch_size=2, num_workers=2))
     assert report.done == ["good"] and list(report.failed) == ["bad"]
     with featstore.open(tmp_path / "s.zarr") as s:
         assert s.slides() == ["good"] and list(s.failures()) == ["bad"] and s.validate() == []
@@ -308,8 +308,8 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
         shutil.copy(CMU, d / f"S{i}.svs")
     (d / "broken.svs").write_text("nope")
     local, dist = tmp_path / "local.zarr", tmp_path / "dask.zarr"
-    r1 = extract(find_slides([d]), local, CFG, num_workers=0)
-    r2 = extract(find_slides([d]), dist, CFG, dask_workers=2)
+    r1 = extract(find_slides([d]), local, CFG, run=RunConfig(num_workers=0))
+    r2 = extract(find_slides([d]), dist, CFG, run=RunConfig(dask_workers=2))
     assert sorted(r1.done) == sorted(r2.done) == ["S0", "S1", "S2"]
     assert list(r2.failed) == ["broken"]
     with featstore.open(local) as a, featstore.open(dist) as b:
@@ -319,13 +319,14 @@ def test_dask_local_cluster_equals_local_run(tmp_path):
             np.testing.assert_allclose(a.read_slide(None, sid).features.astype(np.float32),
                                        b.read_slide(None, sid).features.astype(np.float32), atol=1e-2)
     with pytest.raises(featstore.StoreError, match="HDF5 store"):
-        extract(find_slides([d]), tmp_path / "x.h5", CFG, dask_workers=1)
+        extract(find_slides([d]), tmp_path / "x.h5", CFG, run=RunConfig(dask_workers=1))
     # A task that raises (here: a second driver with another config for the same feature set) fails its
     # slide only, and the failure is recorded in the store like any other.
     shutil.copy(CMU, tmp_path / "S9.svs")
     spec = find_slides([tmp_path / "S9.svs"])[0]
     other = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=96, target_mpp=2.0)
-    report = run_on_dask([(spec, {})], dist, "resnet50-trunc", other, "cpu", 8, None, None, 1, _EventLog(dist, None))
+    report = run_on_dask([(spec, {})], dist, "resnet50-trunc", other, RunConfig(device="cpu", batch_size=8, dask_workers=1),
+                         None, _EventLog(dist, None))
     assert "dask task failed" in report.failed["S9"] and "another config" in report.failed["S9"]
     with featstore.open(dist) as b:
         assert "another config" in b.failures()["S9"]["reason"] and b.validate() == []
@@ -368,7 +369,7 @@ def test_precision_auto_on_cpu_is_measured_recorded_and_kept_on_resume(tmp_path,
     assert embed.resolve_precision("bf16", cpu, encoder) == ("bf16", "given")
     monkeypatch.setattr(embed, "_bf16_speedup", lambda *_a: 2.0)
     cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
-    extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, num_workers=0)
+    extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, run=RunConfig(num_workers=0))
     with featstore.open(tmp_path / "s.zarr") as s:
         prov = s.slide_attrs(None, "CMU-1-Small-Region")["provenance"]
         assert s.feature_set_info("resnet50-trunc")["config"]["precision"] == "bf16"
@@ -393,8 +394,8 @@ def test_devices_run_one_worker_per_gpu_each_pinned_to_its_own(tmp_path):
     store = tmp_path / "s.zarr"
     specs = find_slides([d])
     extract([], store, CFG)  # the driver's part: the feature set, before any task runs
-    report = run_on_dask([(sp, {}) for sp in specs], store, "resnet50-trunc", CFG, "cpu", 8, None, None, None,
-                         _EventLog(store, None), devices=["0", "1"])
+    report = run_on_dask([(sp, {}) for sp in specs], store, "resnet50-trunc", CFG, RunConfig(device="cpu", batch_size=8),
+                         None, _EventLog(store, None), devices=["0", "1"])
     assert sorted(report.done) == ["S0", "S1", "S2", "S3"], report.failed
     with featstore.open(store) as s:
         seen = {s.slide_attrs(None, sid)["provenance"]["cuda_visible_devices"] for sid in s.slides()}
@@ -402,3 +403,26 @@ def test_devices_run_one_worker_per_gpu_each_pinned_to_its_own(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(featstore.errors.DeviceError, match="torch sees no CUDA device"):
             resolve_devices("all")
+
+
+def test_what_the_features_are_and_how_the_run_goes_are_two_configs(tmp_path):
+    """ExtractConfig names the feature set (its hash); RunConfig does not: two runs that differ only in how
+    they go extract into one feature set, and each slide records its run with every "auto" resolved."""
+    from featstore.extract import feature_set_config
+
+    with pytest.raises(ValueError, match="decoder must be one of auto, cpu, gpu, openslide, got 'nvjpeg'"):
+        RunConfig(decoder="nvjpeg")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        RunConfig(batch_size=0)
+    with pytest.raises(TypeError):
+        ExtractConfig(decoder="cpu")  # a run choice, not part of what the features are
+    enc = build_encoder("resnet50-trunc", "random")
+    assert "decoder" not in feature_set_config(CFG, enc, "fp32")
+    store = tmp_path / "s.zarr"
+    for run in (RunConfig(num_workers=0, batch_size=8), RunConfig(num_workers=1, batch_size=32, decoder="openslide")):
+        report = extract(find_slides([CMU]), store, CFG, run, overwrite=True)
+        assert report.done == ["CMU-1-Small-Region"]
+        with featstore.open(store) as s:
+            recorded = s.slide_attrs(None, "CMU-1-Small-Region")["provenance"]["run"]
+        want = {**dataclasses.asdict(run), "device": "cpu", "decoder": "cpu" if run.decoder == "auto" else run.decoder}
+        assert recorded == want

@@ -13,7 +13,7 @@ import pytest
 
 import featstore
 from featstore.errors import InputError, StoreError
-from featstore.extract import extract, find_slides
+from featstore.extract import RunConfig, extract, find_slides
 from fusion.cohort import load_cohort
 
 from . import fault_ops
@@ -110,7 +110,7 @@ def test_overwrite_redoes_only_the_slides_named_and_a_kill_mid_swap_hides_nothin
         assert s.slide_attrs(None, slide)["commit_id"] != before[slide][0]  # redone
     # Another config would leave the slide not named beside features of another kind: refused, nothing touched.
     with pytest.raises(StoreError, match=f"holds 1 slide.*{other}.*name every slide"):
-        extract(find_slides([CMU]), path, dataclasses.replace(fault_ops.CFG, seed=1), num_workers=0, overwrite=True)
+        extract(find_slides([CMU]), path, dataclasses.replace(fault_ops.CFG, seed=1), overwrite=True, run=RunConfig(num_workers=0))
     with featstore.open(path) as s:
         assert s.slides() == sorted(before) and s.slide_attrs(None, other)["commit_id"] == before[other][0]
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import featstore
 from cli import featstore_app, fusion_app
 from featstore.errors import StoreError
+from featstore.extract import RunConfig
 from fusion.cohort import load_cohort
 from fusion.simulate import simulate_cohort
 from fusion.views import build_view
@@ -168,18 +169,17 @@ def test_bom_headers_are_stripped_and_latin1_names_the_file(tmp_path):
 def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
     """The patch grid is counted from the declared size and refused over --max-patches before the tissue
     thumbnail is read; a non-finite mpp is refused too."""
-    from featstore.extract import ExtractConfig, extract, find_slides
+    from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
 
     from .conftest import CMU
 
-    small = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0,
-                          max_patches=10)
-    report = extract(find_slides([CMU]), tmp_path / "t.zarr", small, num_workers=0)
+    small = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
+    report = extract(find_slides([CMU]), tmp_path / "t.zarr", small, run=RunConfig(num_workers=0, max_patches=10))
     assert "declares 2220 x 2967 px, a grid of 108 patches at 2.0 µm/px" in report.failed["CMU-1-Small-Region"]
     assert "over the limit of 10 per slide (--max-patches)" in report.failed["CMU-1-Small-Region"]
     # The bound is not part of the features' identity: the same config with another bound resumes the set.
     ok = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
-    assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, num_workers=0).done == ["CMU-1-Small-Region"]
+    assert extract(find_slides([CMU]), tmp_path / "t.zarr", ok, run=RunConfig(num_workers=0)).done == ["CMU-1-Small-Region"]
     # A tiled TIFF whose tiles declare no bytes (all TileByteCounts 0) is refused before planning reads a pixel.
     import tifffile
 
@@ -191,11 +191,11 @@ def test_declared_sizes_are_bounded_before_any_pixel_is_read(tmp_path):
         counts = tif.pages[0].tags["TileByteCounts"]
         counts.overwrite([0] * len(counts.value))
     (tmp_path / "m.csv").write_text(f"slide_path,slide_id,mpp\n{tmp_path / 'empty.tif'},empty,0.5\n")
-    report = extract(find_slides([tmp_path / "m.csv"]), tmp_path / "t.zarr", ok, num_workers=0)
+    report = extract(find_slides([tmp_path / "m.csv"]), tmp_path / "t.zarr", ok, run=RunConfig(num_workers=0))
     assert "declares 1024 x 1024 px but its tiles hold no data" in report.failed["empty"]
     # A truncated .svs is called truncated, not "no mpp" (PIL would open its first page as a plain image).
     (tmp_path / "cut.svs").write_bytes(CMU.read_bytes()[:1_500_000])
-    report = extract(find_slides([tmp_path / "cut.svs"]), tmp_path / "t.zarr", ok, num_workers=0)
+    report = extract(find_slides([tmp_path / "cut.svs"]), tmp_path / "t.zarr", ok, run=RunConfig(num_workers=0))
     assert "OpenSlide cannot read this .svs file" in report.failed["cut"]
     assert "truncated or damaged (1,500,000 bytes)" in report.failed["cut"]
 
@@ -212,7 +212,7 @@ def test_bad_names_fail_when_slides_are_planned_not_after_the_compute(tmp_path):
             find_slides([manifest])
     cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
     with pytest.raises(ValueError, match="feature set name 'zarr.json' is reserved"):
-        extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, name="zarr.json", num_workers=0)
+        extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, name="zarr.json", run=RunConfig(num_workers=0))
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -224,7 +224,7 @@ def test_a_slide_committed_by_another_run_first_is_kept_and_ours_is_skipped(tmp_
 
     cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", weights="random", patch_size=64, target_mpp=2.0)
     store = tmp_path / "s.zarr"
-    assert extract(find_slides([CMU]), store, cfg, num_workers=0).done == ["CMU-1-Small-Region"]
+    assert extract(find_slides([CMU]), store, cfg, run=RunConfig(num_workers=0)).done == ["CMU-1-Small-Region"]
     with featstore.open(store) as s:
         first = s.slide_attrs(None, "CMU-1-Small-Region")["committed"]
     events = []
@@ -233,12 +233,12 @@ def test_a_slide_committed_by_another_run_first_is_kept_and_ours_is_skipped(tmp_
         if e["event"] == "slide_started":
             with featstore.open(store, "a") as s:
                 s.delete_slide("resnet50-trunc", "CMU-1-Small-Region")
-            assert extract(find_slides([CMU]), store, cfg, num_workers=0).done == ["CMU-1-Small-Region"]
+            assert extract(find_slides([CMU]), store, cfg, run=RunConfig(num_workers=0)).done == ["CMU-1-Small-Region"]
         events.append(e)
 
     with featstore.open(store, "a") as s:
         s.delete_slide("resnet50-trunc", "CMU-1-Small-Region")
-    report = extract(find_slides([CMU]), store, cfg, num_workers=0, on_event=other_run_commits_first)
+    report = extract(find_slides([CMU]), store, cfg, on_event=other_run_commits_first, run=RunConfig(num_workers=0))
     assert report.skipped == ["CMU-1-Small-Region"] and report.failed == {} and report.done == []
     assert any(e["event"] == "slide_skipped" and e["reason"] == "already committed by another run" for e in events)
     with featstore.open(store) as s:
@@ -324,10 +324,10 @@ def test_names_are_bounded_in_bytes_and_a_long_name_is_replaced_and_redone(tmp_p
     shutil.copy(CMU, slide)
     cfg = dataclasses.replace(fault_ops.CFG)
     store = tmp_path / "long.zarr"
-    assert extract(find_slides([slide]), store, cfg, num_workers=0).done == [slide.stem]
+    assert extract(find_slides([slide]), store, cfg, run=RunConfig(num_workers=0)).done == [slide.stem]
     with slide.open("ab") as fh:
         fh.write(b"\0")
-    report = extract(find_slides([slide]), store, cfg, num_workers=0)
+    report = extract(find_slides([slide]), store, cfg, run=RunConfig(num_workers=0))
     assert report.done == [slide.stem] and report.skipped == [] and report.failed == {}, report
 
 

@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 import featstore
-from featstore.extract import ExtractConfig, extract, find_slides, read_patch
+from featstore.extract import ExtractConfig, RunConfig, extract, find_slides, read_patch
 from featstore.slides import OpenSlideReader, SlideError
 from featstore.tifftiles import TiffTiles, TileCache, TileReadError, open_direct
 from featstore.tiling import Geometry
@@ -135,7 +135,7 @@ def test_corrupt_tile_is_an_error_never_a_blank_patch(tmp_path):
         with pytest.raises(SlideError, match=r"corrupt\.svs.*tile 0 of page 0 cannot be decoded"):
             r.read(0, 0, 0, 224, 224)
     report = extract(find_slides([bad, CMU]), tmp_path / "s.zarr", ExtractConfig(min_tissue=0.0, seed=1),
-                     batch_size=16, num_workers=0)
+                     run=RunConfig(batch_size=16, num_workers=0))
     assert report.done == ["CMU-1-Small-Region"]
     assert "tile 0 of page 0 cannot be decoded" in report.failed["corrupt"]
 
@@ -166,9 +166,10 @@ def test_disagreement_or_foreign_vendor_falls_back_to_openslide():
 def test_extract_with_direct_tiles_equals_extract_through_openslide(tmp_path):
     store = tmp_path / "s.zarr"
     for reader in ("auto", "openslide"):
-        cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", patch_size=64, target_mpp=2.0, decoder=reader,
-                            downscale="resize")  # OpenSlide has no scaled decoding: the same resize both ways
-        report = extract(find_slides([CMU]), store, cfg, name=f"via-{reader}", num_workers=0)
+        cfg = ExtractConfig(encoder="resnet50-trunc", precision="fp32", patch_size=64, target_mpp=2.0)
+        # OpenSlide has no scaled decoding: the same resize both ways.
+        run = RunConfig(decoder=reader, downscale="resize", num_workers=0)
+        report = extract(find_slides([CMU]), store, cfg, name=f"via-{reader}", run=run)
         assert report.done == ["CMU-1-Small-Region"]
     with featstore.open(store) as s:
         direct, ref = (s.read_slide(f"via-{r}", "CMU-1-Small-Region") for r in ("auto", "openslide"))

@@ -12,10 +12,10 @@ from featstore.extract.config import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     PIPELINE_VERSION,
-    RUN_ONLY,
     EventHandler,
     ExtractConfig,
     ExtractReport,
+    RunConfig,
     SlideSpec,
     feature_set_config,
 )
@@ -25,6 +25,6 @@ from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.extract.pool import PatchReader, patch_loader
 from featstore.extract.run import extract
 
-__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "PIPELINE_VERSION", "RUN_ONLY", "EventHandler", "ExtractConfig",
-           "ExtractReport", "PatchEmbedder", "PatchReader", "SlidePlan", "SlideSpec", "extract", "feature_set_config",
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "PIPELINE_VERSION", "EventHandler", "ExtractConfig", "ExtractReport",
+           "PatchEmbedder", "PatchReader", "RunConfig", "SlidePlan", "SlideSpec", "extract", "feature_set_config",
            "find_slides", "patch_loader", "plan_slide", "read_patch", "resolve_device", "resolve_precision", "shard"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from featstore.encoders import Encoder
 
@@ -18,7 +19,7 @@ DOWNSCALES = ("dct", "resize")
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that determines the features; its hash names the feature set's identity."""
+    """What the features are: its hash names the feature set's identity (how a run goes is :class:`RunConfig`)."""
 
     encoder: str = "resnet50"
     weights: str = "random"
@@ -30,18 +31,6 @@ class ExtractConfig:
     dtype: str = "float16"
     thumbnail_side: int = 1024
     allow_objective_mpp: bool = True
-    # Run choices, not part of what the features are: kept out of the feature set's identity (RUN_ONLY).
-    # downscale: how a patch read finer than the target comes down to patch_size: dct (JPEG tiles decoded at
-    # 1/2 or 1/4 by the scaled IDCT where a per-slide check passes, then a 3-tap filter that matches the
-    # resize, featstore.slides.like_bilinear; else resize) or resize (full decode, antialiased bilinear).
-    # The two differ by about a grey level, as the decoders do; each slide's provenance says which.
-    downscale: str = "dct"
-    # decoder: cpu (tiles decoded by tifffile in the reader workers; OpenSlide where a slide cannot be read
-    # directly), gpu (JPEG tiles decoded in batches on the run's device, featstore.extract.device_decode),
-    # openslide (every pixel through OpenSlide), auto (cpu: measured faster than gpu on an H200). Each slide's provenance says
-    # which decoder gave its pixels; the direct and device decoders are checked against a reference per slide.
-    decoder: str = "auto"
-    max_patches: int = 2_000_000  # per slide, counted on the grid before the tissue mask
 
     def __post_init__(self) -> None:
         if self.target_mpp <= 0:
@@ -52,12 +41,65 @@ class ExtractConfig:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run goes, not what the features are: none of it is in the feature set's identity. Its "auto"
+    choices are resolved once (:meth:`resolved`), and each slide's provenance records the resolved run.
+
+    decoder: cpu (tiles decoded by tifffile in the reader workers; OpenSlide where a slide cannot be read
+    directly), gpu (JPEG tiles decoded in batches on the run's device, featstore.extract.device_decode),
+    openslide (every pixel through OpenSlide), auto (cpu: measured faster than gpu on an H200). The direct
+    and device decoders are checked against a reference per slide.
+    downscale: how a patch read finer than the target comes down to patch_size: dct (RGB-stored JPEG tiles
+    decoded at 1/2 or 1/4 by the scaled IDCT where a per-slide check passes, then a 3-tap filter that matches
+    the resize, featstore.slides.like_bilinear; else resize) or resize (full decode, antialiased bilinear).
+    The two differ by about a grey level, as the decoders do; each slide's provenance says which.
+    max_patches: per slide, counted on the grid before the tissue mask (a declared size no real slide has).
+    devices: "all" or "0,1,...": one Dask worker per GPU; scheduler/dask_workers: one Dask task per slide.
+    """
+
+    device: str = "auto"
+    devices: str | None = None
+    decoder: str = "auto"
+    downscale: str = "dct"
+    batch_size: int = 64
+    num_workers: int | None = None  # reader processes; None: the cores this process may use - 1, at most 12
+    max_patches: int = 2_000_000
+    scheduler: str | None = None
+    dask_workers: int | None = None
+
+    def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.downscale not in DOWNSCALES:
             raise ValueError(f"downscale must be one of {', '.join(DOWNSCALES)}, got {self.downscale!r}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.max_patches < 1:
+            raise ValueError(f"max_patches must be >= 1, got {self.max_patches}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.scheduler is not None or self.dask_workers is not None or bool(self.devices)
+
+    def resolved(self, device: str) -> RunConfig:
+        """This run with its choices made: the device found, the decoder (auto: cpu, also on a GPU machine: the
+        CPU decoder in the reader workers measured faster end to end than nvJPEG, which also cannot decode
+        Aperio's RGB tiles; benchmarks/RESULTS.md, gpu_check) and the number of reader workers."""
+        return replace(self, device=device, decoder="cpu" if self.decoder == "auto" else self.decoder,
+                       num_workers=default_workers() if self.num_workers is None else self.num_workers)
+
+
+def default_workers() -> int:
+    # The cores this process may use (a SLURM or container allocation), not all the host's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(12, cores - 1))
 
 
 @dataclass(frozen=True)
@@ -88,11 +130,7 @@ class ExtractReport:
         self.patches += other.patches
 
 
-RUN_ONLY = ("max_patches", "decoder", "downscale")
-
-
 def feature_set_config(cfg: ExtractConfig, encoder: Encoder, precision: str) -> dict:
-    identity = {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}
-    return {**identity, "weights": encoder.weights_id, "precision": precision, "dim": encoder.dim,
+    return {**asdict(cfg), "weights": encoder.weights_id, "precision": precision, "dim": encoder.dim,
             "mean": list(encoder.mean), "std": list(encoder.std), "pipeline_version": PIPELINE_VERSION,
             "source": "extract"}

@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from featstore.extract.config import ExtractConfig, ExtractReport, SlideSpec
+from featstore.extract.config import ExtractConfig, ExtractReport, RunConfig, SlideSpec
 from featstore.extract.events import _EventLog
 from featstore.store import now_iso
 from featstore.store import open as open_store
 
 
-def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, device: str,
-                 batch_size: int, mpp_default: float | None, redo: bool) -> dict:
+def _extract_one(spec: SlideSpec, store_path: str, name: str, config: ExtractConfig, run: RunConfig,
+                 mpp_default: float | None, redo: bool) -> dict:
     from featstore.extract.run import extract_slide
 
-    return dataclasses.asdict(extract_slide(spec, store_path, name, config, device, batch_size, mpp_default, redo))
+    return dataclasses.asdict(extract_slide(spec, store_path, name, config, run, mpp_default, redo))
 
 
 def gpu_cluster(devices: list[str]):
@@ -32,8 +32,7 @@ def gpu_cluster(devices: list[str]):
 
 
 def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str, config: ExtractConfig,
-                device: str, batch_size: int, mpp_default: float | None, scheduler: str | None,
-                dask_workers: int | None, log: _EventLog, devices: list[str] | None = None,
+                run: RunConfig, mpp_default: float | None, log: _EventLog, devices: list[str] | None = None,
                 redo: bool = False) -> ExtractReport:
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -41,17 +40,17 @@ def run_on_dask(todo: list[tuple[SlideSpec, dict]], store_path: Path, name: str,
     if devices:
         cluster = gpu_cluster(devices)
         client = Client(cluster)
-    elif scheduler is None:
-        cluster = LocalCluster(n_workers=dask_workers or 1, threads_per_worker=1, processes=True,
+    elif run.scheduler is None:
+        cluster = LocalCluster(n_workers=run.dask_workers or 1, threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        client = Client(run.scheduler)
     report = ExtractReport(name)
     try:
-        resources = {"GPU": 1} if device == "cuda" and not devices else None
+        resources = {"GPU": 1} if run.device.startswith("cuda") and not devices else None
         futures = {
-            client.submit(_extract_one, spec, str(store_path), name, config, device, batch_size, mpp_default, redo,
+            client.submit(_extract_one, spec, str(store_path), name, config, run, mpp_default, redo,
                           key=f"featstore-extract-{name}-{spec.slide_id}", pure=False, resources=resources): spec
             for spec, _ in todo
         }

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.extract.config import ExtractConfig, SlideSpec
+from featstore.extract.config import ExtractConfig, RunConfig, SlideSpec
 from featstore.slides import SlideError, like_bilinear, resize_rgb
 from featstore.tiling import Geometry, grid, tissue_fractions
 from featstore.tissue import tissue_mask
@@ -23,8 +23,10 @@ class SlidePlan:
     info: dict
 
 
-def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float | None) -> SlidePlan:
-    """Tissue mask and patch grid of one slide; raises SlideError for no mpp or no tissue."""
+def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float | None,
+               run: RunConfig = RunConfig()) -> SlidePlan:
+    """Tissue mask and patch grid of one slide; raises SlideError for no mpp or no tissue. ``run``: how patches
+    are brought down to the patch size (``downscale``) and the patch budget (``max_patches``)."""
     mpp, source = reader.mpp, reader.mpp_source
     if mpp is None:
         if mpp_default is None:
@@ -36,7 +38,7 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
     geom = Geometry.for_slide(cfg.target_mpp, cfg.patch_size, mpp, reader.level_downsamples)
     if geom.read_size == geom.patch_size:
         downscale = "none (read at the target resolution)"
-    elif cfg.downscale == "resize":
+    elif run.downscale == "resize":
         downscale = "resize (antialiased bilinear, --downscale resize)"
     else:
         scale, downscale = reader.scaled_decoding(geom.level, geom.read_size / geom.patch_size)
@@ -46,9 +48,9 @@ def plan_slide(reader, cfg: ExtractConfig, spec: SlideSpec, mpp_default: float |
     width, height = reader.level_dimensions[0]
     planned = sum(-(-r.width // geom.patch_size_level0) * -(-r.height // geom.patch_size_level0)
                   for r in reader.regions())
-    if planned > cfg.max_patches:
+    if planned > run.max_patches:
         raise SlideError(f"{spec.slide_id}: declares {width} x {height} px, a grid of {planned:,} patches at "
-                         f"{cfg.target_mpp} µm/px, over the limit of {cfg.max_patches:,} per slide (--max-patches)")
+                         f"{cfg.target_mpp} µm/px, over the limit of {run.max_patches:,} per slide (--max-patches)")
     if getattr(reader, "declared_bytes", None) == 0:
         raise SlideError(f"{spec.slide_id}: declares {width} x {height} px but its tiles hold no data "
                          "(every tile byte count is 0): the file is truncated or not what it says")

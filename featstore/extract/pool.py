@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from featstore.extract.allocator import keep_freed_memory
-from featstore.extract.config import ExtractConfig, SlideSpec
+from featstore.extract.config import ExtractConfig, RunConfig, SlideSpec
 from featstore.extract.messages import Coords, Failed, Pixels, Planned, Range, Split
 from featstore.extract.plan import SlidePlan, plan_slide, read_patch
 from featstore.slides import SlideError, open_slide
@@ -63,8 +63,8 @@ class _PatchStream(IterableDataset):
     """
 
     def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
-                 chunk: int, share: bool):
-        self.specs, self.cfg, self.mpp_default, self.chunk = specs, cfg, mpp_default, chunk
+                 chunk: int, share: bool, run: RunConfig):
+        self.specs, self.cfg, self.mpp_default, self.chunk, self.run = specs, cfg, mpp_default, chunk, run
         self.min_range, self.max_range = MIN_RANGE_CHUNKS * chunk, MAX_RANGE_CHUNKS * chunk
         ctx = multiprocessing.get_context()  # all shared with the worker processes
         self._next = ctx.Value("i", 0)
@@ -135,14 +135,14 @@ class _PatchStream(IterableDataset):
 
     def _open(self, idx: int):
         spec = self._spec[idx]
-        return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.cfg.decoder != "openslide")
+        return open_slide(spec.path, spec.mpp, self.cfg.allow_objective_mpp, direct=self.run.decoder != "openslide")
 
     def _slide(self, idx: int, readers: _ReaderCache) -> Iterator[Message]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 reader = readers.get(idx, lambda: self._open(idx))
-            plan = plan_slide(reader, self.cfg, self._spec[idx], self.mpp_default)
+            plan = plan_slide(reader, self.cfg, self._spec[idx], self.mpp_default, self.run)
             plan.info["warnings"] = [str(w.message) for w in caught]
             plan.info["device_decode"] = self._device_decodes(reader, plan.geometry)
         except Exception as exc:  # one bad slide never stops the others
@@ -164,7 +164,7 @@ class _PatchStream(IterableDataset):
     def _device_decodes(self, reader, geom: Geometry) -> bool:
         """Whether this slide's patches may be decoded on the device by the main process (--decoder gpu and
         JPEG tiles at the level read): its plan then asks the main process, which checks the device decoder."""
-        level = reader.direct_level(geom.level) if self.cfg.decoder == "gpu" and hasattr(reader, "direct_level") else None
+        level = reader.direct_level(geom.level) if self.run.decoder == "gpu" and hasattr(reader, "direct_level") else None
         return level is not None and level.page.compression == JPEG
 
     def _await_verdict(self, idx: int) -> bool:
@@ -214,12 +214,12 @@ class PatchReader:
 
     def __init__(self, specs: list[tuple[int, SlideSpec]], cfg: ExtractConfig, mpp_default: float | None,
                  chunk: int, workers: int, pin_memory: bool = False, share: bool = True,
-                 on_device: Callable[[int, SlidePlan], bool] | None = None):
+                 on_device: Callable[[int, SlidePlan], bool] | None = None, run: RunConfig = RunConfig()):
         """``on_device(slide, plan)``: called in this process for each slide the device could decode (its plan's
         ``device_decode``); True when this process will decode its patches (then Coords come), False to have
         the workers read them (Pixels). Without it every slide is read by the workers."""
         self.workers, self.pin_memory, self.on_device = workers, pin_memory, on_device
-        self.stream = _PatchStream(specs, cfg, mpp_default, chunk, share=share and workers > 1)
+        self.stream = _PatchStream(specs, cfg, mpp_default, chunk, share=share and workers > 1, run=run)
 
     def __iter__(self) -> Iterator[Message]:
         stream = self.stream

@@ -12,7 +12,7 @@ import torch
 from featstore.encoders import Encoder, build_encoder
 from featstore.errors import DeviceError
 from featstore.extract.allocator import freed_memory_kept
-from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, SlideSpec, feature_set_config
+from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, RunConfig, SlideSpec, feature_set_config
 from featstore.extract.device_decode import DeviceSlides
 from featstore.extract.embed import PatchEmbedder, resolve_device, resolve_precision
 from featstore.extract.events import _EventLog, _StopRun
@@ -52,34 +52,25 @@ def extract(
     slides: list[SlideSpec],
     store_path: str | os.PathLike,
     config: ExtractConfig = ExtractConfig(),
+    run: RunConfig = RunConfig(),
     name: str | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    num_workers: int | None = None,
     mpp_default: float | None = None,
     overwrite: bool = False,
     strict: bool = False,
     on_event: EventHandler | None = None,
-    scheduler: str | None = None,
-    dask_workers: int | None = None,
-    devices: str | None = None,
 ) -> ExtractReport:
-    """Extract ``slides`` into the feature set ``name`` (default: the encoder's name) of a store.
+    """Extract ``slides`` into the feature set ``name`` (default: the encoder's name) of a store: ``config`` says
+    what the features are, ``run`` how the run goes (device, reader workers, decoder, Dask).
 
     Resumable: slides already committed with the same config and an unchanged file are skipped.
-    ``scheduler``/``dask_workers`` run one Dask task per slide instead (Zarr stores only); ``devices``
-    ("all" or "0,1,...") runs one Dask worker per GPU, each pinned to its own, sharing the slides.
+    ``run.scheduler``/``run.dask_workers`` run one Dask task per slide instead (Zarr stores only);
+    ``run.devices`` ("all" or "0,1,...") runs one Dask worker per GPU, each pinned to its own, sharing the slides.
     """
-    gpus = resolve_devices(devices)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    gpus = resolve_devices(run.devices)
     store_path = Path(store_path)
     name = check_name(name or config.encoder, "feature set name")
-    dev = resolve_device(device)
-    if config.decoder == "auto":  # a run choice (RUN_ONLY): the feature set's identity does not change
-        # cpu on a GPU machine too: the CPU decoder in the reader workers measured faster end to end than
-        # nvJPEG, which also cannot decode Aperio's RGB tiles (benchmarks/RESULTS.md, gpu_check).
-        config = dataclasses.replace(config, decoder="cpu")
+    dev = resolve_device(run.device)
+    run = run.resolved(str(dev))
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
@@ -90,36 +81,35 @@ def extract(
                         if name in store.feature_sets() else None)
             precision, why = resolve_precision(config.precision, dev, encoder, config.patch_size, existing)
             fs_config = feature_set_config(config, encoder, precision)
-            runtime = _runtime(dev, why, allocator)
+            runtime = _runtime(run, why, allocator)
             todo = _prepare(store, name, fs_config, slides, overwrite, log, report)
-            distributed = scheduler is not None or dask_workers is not None or bool(gpus)
-            if distributed and store.single_writer:
+            if run.distributed and store.single_writer:
                 raise StoreError(f"{store_path} is an {store.backend_name.upper()} store, which takes one writer at a "
                                  "time; distributed extraction needs a .zarr store")
             log("run_start", feature_set=name, slides=len(slides), todo=len(todo), skipped=len(report.skipped),
                 precision=precision, config_hash=config_hash(fs_config), **runtime)
-            if not distributed:
-                workers = _default_workers() if num_workers is None else num_workers
-                _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, workers, mpp_default,
-                                      strict, log, report, runtime), todo)
-    if distributed and todo:
+            if not run.distributed:
+                _run_local(RunContext(store, name, config, run, encoder, dev, precision, mpp_default, strict, log,
+                                      report, runtime), todo)
+    if run.distributed and todo:
         from featstore.extract.dask import run_on_dask
 
-        report.merge(run_on_dask(todo, store_path, name, config, "cuda" if gpus else device, batch_size, mpp_default,
-                                 scheduler, dask_workers, log, gpus, overwrite))
+        task_run = dataclasses.replace(run, device="cuda" if gpus else run.device)
+        report.merge(run_on_dask(todo, store_path, name, config, task_run, mpp_default, log, gpus, overwrite))
     report.seconds = time.perf_counter() - t0
     log("run_end", feature_set=name, done=len(report.done), skipped=len(report.skipped),
         failed=len(report.failed), patches=report.patches, seconds=round(report.seconds, 3))
     return report
 
 
-def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, config: ExtractConfig, device: str,
-                  batch_size: int, mpp_default: float | None, redo: bool = False) -> ExtractReport:
+def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, config: ExtractConfig, run: RunConfig,
+                  mpp_default: float | None, redo: bool = False) -> ExtractReport:
     """One slide into a feature set the driver has made (a Dask task): the same config or an error, the
     driver's precision, in-process reading (Dask already runs one slide per worker slot); ``redo``: the
     driver's --overwrite."""
     store_path = Path(store_path)
-    dev = resolve_device(device)
+    dev = resolve_device(run.device)
+    run = dataclasses.replace(run, device=str(dev), num_workers=0, scheduler=None, dask_workers=None, devices=None)
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log, report = _EventLog(store_path, None), ExtractReport(name)
     with freed_memory_kept(dev.type == "cpu") as allocator, open_store(store_path, "a") as store:
@@ -127,15 +117,15 @@ def extract_slide(spec: SlideSpec, store_path: str | os.PathLike, name: str, con
         fs_config = feature_set_config(config, encoder, precision)
         store.create_feature_set(name, fs_config, config_hash(fs_config))  # another config: an error
         todo = _pending(store, name, [spec], log, report, redo)
-        _run_local(RunContext(store, name, config, encoder, dev, precision, batch_size, 0, mpp_default, False,
-                              log, report, _runtime(dev, "the driver's", allocator)), todo)
+        _run_local(RunContext(store, name, config, run, encoder, dev, precision, mpp_default, False, log, report,
+                              _runtime(run, "the driver's", allocator)), todo)
     return report
 
 
-def _runtime(dev: torch.device, precision_choice: str, allocator: str) -> dict:
+def _runtime(run: RunConfig, precision_choice: str, allocator: str) -> dict:
     """How a slide was made, beside what it is (its provenance; not part of the feature set's identity)."""
-    return {"device": str(dev), "precision_choice": precision_choice, "allocator": allocator,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"device": run.device, "precision_choice": precision_choice, "allocator": allocator,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "run": dataclasses.asdict(run)}
 
 
 def _prepare(store: Store, name: str, fs_config: dict, slides: list[SlideSpec], overwrite: bool, log: _EventLog,
@@ -168,12 +158,6 @@ def resolve_devices(devices: str | None) -> list[str]:
     return wanted
 
 
-def _default_workers() -> int:
-    # The cores this process may use (a SLURM or container allocation), not all the host's.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    return max(1, min(12, cores - 1))
-
-
 @dataclasses.dataclass
 class RunContext:
     """What one run (or one Dask task) reads through: its settings, the open store, and where it reports."""
@@ -181,11 +165,10 @@ class RunContext:
     store: Store
     name: str
     cfg: ExtractConfig
+    run: RunConfig  # resolved
     encoder: Encoder
     dev: torch.device
     precision: str
-    batch_size: int
-    num_workers: int
     mpp_default: float | None
     strict: bool
     log: _EventLog
@@ -197,7 +180,7 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
     if not todo:
         return
     store, name, cfg, encoder, dev, precision = ctx.store, ctx.name, ctx.cfg, ctx.encoder, ctx.dev, ctx.precision
-    batch_size, num_workers, mpp_default, log = ctx.batch_size, ctx.num_workers, ctx.mpp_default, ctx.log
+    batch_size, mpp_default, log = ctx.run.batch_size, ctx.mpp_default, ctx.log
     specs = [s for s, _ in todo]
     fingerprints = [fp for _, fp in todo]
     embed = PatchEmbedder(encoder, dev, precision)
@@ -207,8 +190,8 @@ def _run_local(ctx: RunContext, todo: list[tuple[SlideSpec, dict]]) -> None:
     # big slide alone while the device waits (longest-processing-time-first scheduling).
     largest_first = sorted(range(len(specs)), key=lambda i: (-fingerprints[i].get("size", 0), i))
     decoders = DeviceSlides({i: s.path for i, s in enumerate(specs)}, dev)
-    reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, num_workers, pin_memory=cuda,
-                          on_device=decoders)
+    reading = PatchReader([(i, specs[i]) for i in largest_first], cfg, mpp_default, chunk, ctx.run.num_workers,
+                          pin_memory=cuda, on_device=decoders, run=ctx.run)
     writer = _Writer(store, name, specs, fingerprints, cfg, encoder, precision, ctx.runtime, log, ctx.report,
                      ctx.strict)
     buffered: list[tuple[int, int, torch.Tensor]] = []
