@@ -65,13 +65,37 @@ def import_labels(
     print_notes(notes)
 
 
+@featstore_app.command("encoders")
+@guard
+def encoders(
+    as_json: Annotated[bool, typer.Option("--json", help="Every spec in full, as JSON")] = False,
+) -> None:
+    """List the encoders extract knows: dim, native mpp, input size, readout, and what weights each needs."""
+    from featstore.encoders import ENCODERS
+
+    specs = [ENCODERS[n].describe() for n in sorted(ENCODERS)]
+    if as_json:
+        console.print_json(json.dumps(specs))
+        return
+    t = Table(title="encoders (--encoder NAME --weights PATH; nothing is downloaded)")
+    for col in ("name", "dim", "mpp", "input", "readout", "architecture", "weights"):
+        t.add_column(col)
+    for d in specs:
+        t.add_row(d["name"], str(d["dim"]), "-" if d["native_mpp"] is None else f"{d['native_mpp']:g}",
+                  f"{d['input_size']} px", d["readout"], d["architecture"], d["weights_from"])
+    console.print(t)
+
+
 @featstore_app.command("import-features")
 @guard
 def import_features(
     paths: Annotated[list[Path], typer.Argument(help="CLAM/TRIDENT per-slide .h5 files or folders of them")],
     store: StoreArg,
     name: Annotated[str, typer.Option(help="Feature set name")],
-    encoder: Annotated[str, typer.Option(help="Encoder that made the features (recorded)")] = "unknown",
+    encoder: Annotated[str, typer.Option(help="Encoder that made the features (recorded): a name from "
+                                              "`featstore encoders` (TRIDENT's names; its resnet50 is our "
+                                              "resnet50-trunc), so imported and extracted features compare like for "
+                                              "like")] = "unknown",
     dtype: Annotated[str, typer.Option(help="Stored type of the features: float16 | float32")] = "float16",
 ) -> None:
     """Import per-slide feature files in the CLAM/TRIDENT layout (datasets 'features' and 'coords')."""

@@ -98,9 +98,26 @@ def import_features(
     return write_features(store, read_feature_files(paths, dtype), name, encoder, patient_map)
 
 
+def known_encoder(name: str, dim: int) -> str:
+    """The preset name for features of width ``dim`` that a TRIDENT/CLAM user calls ``name``."""
+    from featstore.encoder_presets import TRIDENT_NAMES
+    from featstore.encoders import ENCODERS
+
+    ours = TRIDENT_NAMES.get(name)
+    if ours is not None and ENCODERS[ours].dim == dim:
+        return ours
+    if name in ENCODERS and ENCODERS[name].dim != dim:
+        raise InputError(f"--encoder {name}: the files hold {dim}-d features, but {name} gives {ENCODERS[name].dim}-d; "
+                         "name the encoder that made them (featstore encoders lists the presets)")
+    return name
+
+
 def write_features(store: Store, loaded: list[tuple], name: str, encoder: str = "unknown",
                    patient_map: dict[str, str] | None = None) -> list[str]:
-    """Commit what :func:`read_feature_files` read as the feature set ``name``, slide by slide."""
+    """Commit what :func:`read_feature_files` read as the feature set ``name``, slide by slide. ``encoder`` is
+    recorded under the preset's name (TRIDENT's ``resnet50``, 1024-d, is our ``resnet50-trunc``), and features
+    of another width than the named preset's are refused."""
+    encoder = known_encoder(encoder, loaded[0][1].shape[1])
     config = {"source": "import", "format": "clam", "encoder": encoder, "dim": loaded[0][1].shape[1],
               "dtype": str(loaded[0][1].dtype)}
     store.create_feature_set(name, config, config_hash(config))

@@ -46,8 +46,8 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
 
 
 def library_versions(names: tuple[str, ...] = ("featstore", "torch", "torchvision", "numpy", "openslide-python",
-                                              "openslide-bin", "tifffile", "imagecodecs", "pillow", "zarr",
-                                              "h5py")) -> dict[str, str]:
+                                              "openslide-bin", "tifffile", "imagecodecs", "simplejpeg", "pillow",
+                                              "zarr", "h5py", "timm")) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for n in names:
         try:

@@ -161,11 +161,16 @@ def fusion_bench(
     quiet: Annotated[bool, typer.Option(help="No progress bar; only the leaderboard")] = False,
     opts=None,  # the shared training options, filled in by _with_cv_options
 ) -> None:
-    """Every head on identical folds; a sorted leaderboard with CIs and paired tests against the best unimodal head."""
+    """Every head on identical folds; a sorted leaderboard with CIs and paired tests against the best unimodal head.
+    With --features a,b (feature sets of the same patients, e.g. two encoders): every head on each, and a table
+    of heads x feature sets with the paired difference between them."""
     from fusion.api import bench
 
     names = "all" if heads == "all" else [h.strip() for h in heads.split(",")]
     writable_output(out, folder=True)
+    if opts.features and "," in opts.features:
+        _bench_feature_sets(store, names, opts, out, quiet)
+        return
     with _steps("heads", quiet) as step:
         started: dict[str, str] = {}
 
@@ -192,6 +197,34 @@ def fusion_bench(
                 console.print(f"[red]{h}: {chk['verdict']}[/]")
     if out:
         console.print(f"wrote {out}/leaderboard.csv, leaderboard.md and one folder per head")
+
+
+def _bench_feature_sets(store: Path, names, opts, out: Path | None, quiet: bool) -> None:
+    from fusion.feature_sets import bench_feature_sets
+
+    feature_sets = [f.strip() for f in opts.features.split(",")]
+    with _steps("heads", quiet) as step:
+        rows, runs = bench_feature_sets(store, feature_sets, names, opts, out,
+                                        on_head=lambda h, done, total: step(h, done, total))
+    first = feature_sets[0]
+    t = Table(title=f"heads x feature sets: ROC-AUC, and the paired difference from {first}")
+    t.add_column("head")
+    for fs in feature_sets:
+        t.add_column(fs)
+    by = {(r["head"], r["features"]): r for r in rows}
+    for h in dict.fromkeys(r["head"] for r in rows):
+        cells = []
+        for fs in feature_sets:
+            r = by[(h, fs)]
+            cell = f"{r['roc_auc']:.3f}"
+            if fs != first:
+                cell += (f" ({r[f'vs_{first}']:+.3f} [{r[f'vs_{first}_lo']:+.3f}, {r[f'vs_{first}_hi']:+.3f}]"
+                         + (", within noise)" if r["within_noise"] else ")"))
+            cells.append(cell)
+        t.add_row(h, *cells)
+    console.print(t)
+    if out:
+        console.print(f"wrote {out}/features.csv, features.md, features.png and one bench folder per feature set")
 
 
 @fusion_app.command("fit")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from featstore.encoders import Encoder, build_encoder
+from featstore.encoders import ENCODERS, Encoder, build_encoder
 from featstore.errors import DeviceError
 from featstore.extract.allocator import freed_memory_kept
 from featstore.extract.config import EventHandler, ExtractConfig, ExtractReport, RunConfig, SlideSpec, feature_set_config
@@ -71,6 +71,9 @@ def extract(
     name = check_name(name or config.encoder, "feature set name")
     dev = resolve_device(run.device)
     run = run.resolved(str(dev))
+    problem = config.encoder in ENCODERS and ENCODERS[config.encoder].input_problem(config.patch_size)
+    if problem:  # before the model is built: a ViT-g takes seconds and gigabytes
+        raise ValueError(problem)
     encoder = build_encoder(config.encoder, config.weights, config.seed)
     log = _EventLog(store_path, on_event)
     report = ExtractReport(name)
