@@ -345,6 +345,7 @@ def read_labels(
         patients.append(patient)
         labels.append(mapped)
         raws.append(call)
+    _check_classes(path, label_column, labels)
     notes = [f"{len(patients)} patients labelled: {dict(Counter(labels))}"]
     if empty_ids:
         notes.append(f"WARNING: {len(empty_ids)} rows with an empty {id_column!r} skipped (rows "
@@ -361,6 +362,32 @@ def read_labels(
                     "notes": notes},
     )
     return table, notes
+
+
+MAX_CLASSES = 10
+
+
+def _check_classes(path: Path, column: str, labels: list[str]) -> None:
+    """Labels are classes: a column of many distinct numbers (days to death, an age, a score) is a quantity
+    read as hundreds of one-patient classes, refused by name."""
+    counts = Counter(labels)
+    if len(counts) <= MAX_CLASSES:
+        return
+    numeric = all(_is_number(c) for c in counts)
+    single = sum(v == 1 for v in counts.values())
+    raise InputError(f"{path}: column {column!r} holds {len(counts)} distinct values ({single} of them for one patient "
+                     f"only{', all numbers' if numeric else ''}), not classes" +
+                     (": a time or a measurement, which fusion does not train on; give a column of classes"
+                      if numeric else f"; fusion trains up to {MAX_CLASSES} classes (one against the rest with "
+                      "--positive), so give a column of classes"))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def import_genes(store: Store, path: str | Path, name: str = "expression", overwrite: bool = False,

@@ -53,6 +53,8 @@ class CVOptions:
     labels: str | None = option(None, "Labels table in the store (optional when it has one)")
     labels_csv: str | None = option(None, "Labels from a CSV instead (patient_id,label), read with --label-map")
     label_map: str | None = option("pam50-binary", "pam50-binary | none")
+    positive: str | None = option(None, "One class against all the others (one-vs-rest), for labels of more than "
+                                        "two classes, e.g. --positive Basal on five PAM50 calls")
     folds: int = option(5, "K in K-fold")
     repeats: int = option(1, "Repeats with new shuffles")
     seed: int = option(0, "Seed for splits, initialisation and bootstrap")
@@ -130,7 +132,7 @@ def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, Vi
     use_g = any(GENES in get_head(h).modalities for h in heads)
     use_i = any(IMAGE in get_head(h).modalities for h in heads)
     cohort = load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing,
-                         labels_csv=opts.labels_csv)
+                         labels_csv=opts.labels_csv, positive=opts.positive)
     view = None
     if use_i:
         view = build_view(store, cohort.feature_set, cohort.slides, opts.view_k, opts.view_method, opts.seed,

@@ -41,12 +41,13 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
                 labels: str | None = None, label_map: str | None = "pam50-binary",
                 use_genes: bool = True, use_image: bool = True, missing: str = "drop",
                 label_id_column: str = "patient_id", label_column: str = "label",
-                labels_csv: str | Path | None = None) -> Cohort:
+                labels_csv: str | Path | None = None, positive: str | None = None) -> Cohort:
     """Build the cohort for a head that uses ``use_genes``/``use_image``.
 
     ``labels`` names a labels table in the store (default: the only one); ``labels_csv`` reads a CSV
     instead, with ``label_map``. ``missing="drop"`` keeps patients with every modality the head uses;
-    ``"mask"`` keeps patients with at least one, for modality-masked training.
+    ``"mask"`` keeps patients with at least one, for modality-masked training. ``positive`` trains one class
+    against all the others (one-vs-rest), for a label table of more than two classes.
     """
     if missing not in ("drop", "mask"):
         raise ValueError(f"missing must be 'drop' or 'mask', got {missing!r}")
@@ -58,12 +59,23 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
         labels = store.resolve("labels", labels)
         table = store.read_labels(labels)
     counts = Counter(table.labels)
-    if len(counts) != 2:
-        raise ValueError(f"binary classification needs exactly two classes, the labels have {dict(counts)}")
-    # The positive class is the minority one (Basal_Her2 under pam50-binary); ties broken by name.
-    positive = table.provenance.get("positive_class") or min(counts, key=lambda c: (counts[c], c))
-    negative = next(c for c in counts if c != positive)
     label_of = dict(zip(table.patient_ids, table.labels))
+    if positive is not None:
+        if positive not in counts:
+            raise ValueError(f"--positive {positive!r} is not a class of the labels; their classes: {dict(counts)}")
+        rest = f"not_{positive}"
+        label_of = {p: positive if c == positive else rest for p, c in label_of.items()}
+        counts = Counter(label_of.values())
+        if len(counts) != 2:
+            raise ValueError(f"--positive {positive!r}: every patient has that label, so there is no other class")
+    elif len(counts) != 2:
+        example = min(counts, key=lambda c: (counts[c], c))
+        raise ValueError(f"fusion trains two-class heads, and the labels have {len(counts)} classes {dict(counts)}: "
+                         f"train one of them against the rest with --positive CLASS (e.g. --positive {example}), or "
+                         "import the labels with a two-class --label-map (pam50-binary: Luminal vs Basal_Her2)")
+    # The positive class is the one asked for, else the minority one (Basal_Her2 under pam50-binary); ties by name.
+    positive = positive or table.provenance.get("positive_class") or min(counts, key=lambda c: (counts[c], c))
+    negative = next(c for c in counts if c != positive)
 
     gene_values, gene_ids, gene_name, gene_index, sample_notes = None, [], None, {}, []
     if use_genes:
