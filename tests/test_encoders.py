@@ -93,6 +93,29 @@ def test_each_preset_loads_its_own_file_strictly_and_refuses_another(shallow, tm
 
 
 @pytest.mark.filterwarnings("ignore:encoder .* uses seeded random weights")
+def test_every_preset_extracts_the_slide_from_its_weights_file(shallow, tmp_path):
+    """Each preset's code path end to end at one block of depth: its weights file in, the CMU slide out, the dim,
+    the spec and the digest in provenance; a patch size that is not a multiple of the ViT patch is refused."""
+    cfg = ExtractConfig(precision="fp32", target_mpp=2.0, patch_size=112)
+    for name in shallow:
+        weights = tmp_path / f"{name}.safetensors"
+        _save(name, weights)
+        store = tmp_path / f"{name}.zarr"
+        report = extract(find_slides([CMU]), store, dataclasses.replace(cfg, encoder=name, weights=str(weights)),
+                         RunConfig(num_workers=0, batch_size=8))
+        assert report.done == ["CMU-1-Small-Region"], report.failed
+        with featstore.open(store) as s:
+            sl = s.read_slide(None, "CMU-1-Small-Region")
+        prov = sl.attrs["provenance"]
+        assert sl.features.shape[1] == ENCODERS[name].dim and np.isfinite(sl.features).all()
+        assert prov["weights"] == f"sha256:{sha256_file(weights)}" and prov["encoder_spec"]["name"] == name
+    with pytest.raises(ValueError, match="--patch-size 100 is not a multiple of uni_v2-depth1's ViT patch of 14 px"):
+        extract(find_slides([CMU]), tmp_path / "x.zarr", dataclasses.replace(cfg, encoder="uni_v2-depth1",
+                                                                           patch_size=100), RunConfig(num_workers=0))
+    assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.filterwarnings("ignore:encoder .* uses seeded random weights")
 def test_a_hugging_face_folder_is_a_weights_path(shallow, tmp_path):
     """A model folder as the Hugging Face cache lays it out: the one weights file inside is found and read."""
     snapshot = tmp_path / "models--bioptimus--H-optimus-0" / "snapshots" / "abc123"

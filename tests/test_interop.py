@@ -30,7 +30,7 @@ def test_clam_round_trip(tmp_path, store_path):
     originals = {f"TCGA-AA-000{i}-01Z-00-DX1": _clam_file(src / f"TCGA-AA-000{i}-01Z-00-DX1.h5", 50 + i, 32, i,
                                                           leading_axis=i == 1) for i in range(3)}
     with featstore.open(store_path, "a") as s:
-        ids = import_features(s, [src], "uni", encoder="resnet50-trunc", dtype="float32")
+        ids = import_features(s, [src], "uni", encoder="my-own-encoder", dtype="float32")
         assert sorted(ids) == sorted(originals)
         assert s.read_slide("uni", ids[0]).attrs["patient_id"] == "TCGA-AA-0000"
         assert s.validate() == []
@@ -80,3 +80,20 @@ def test_bad_clam_files_leave_store_unchanged(tmp_path, store_path):
             with pytest.raises(InputError, match=msg):
                 import_features(s, [good, bad], "x")
             assert s.feature_sets() == []
+
+
+def test_imported_features_take_the_presets_names_and_widths(tmp_path):
+    """TRIDENT's resnet50 (1024-d) is our resnet50-trunc; a preset name with features of another width is refused
+    before anything is written; a name featstore does not know is recorded as given."""
+    src = tmp_path / "h5"
+    src.mkdir()
+    _clam_file(src / "TCGA-AA-0001-01Z-00-DX1.h5", 20, 1024, 0)
+    store = tmp_path / "s.zarr"
+    with featstore.open(store, "a") as s:
+        import_features(s, [src], "trident", encoder="resnet50", dtype="float32")
+        assert s.feature_set_info("trident")["config"]["encoder"] == "resnet50-trunc"
+        with pytest.raises(InputError, match="--encoder uni_v2: the files hold 1024-d features, but uni_v2 gives 1536-d"):
+            import_features(s, [src], "uni2", encoder="uni_v2")
+        assert "uni2" not in s.feature_sets()
+        import_features(s, [src], "mine", encoder="my-encoder")
+        assert s.feature_set_info("mine")["config"]["encoder"] == "my-encoder"
