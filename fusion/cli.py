@@ -200,27 +200,17 @@ def fusion_bench(
 
 
 def _bench_feature_sets(store: Path, names, opts, out: Path | None, quiet: bool) -> None:
-    from fusion.feature_sets import bench_feature_sets
+    from fusion.feature_sets import bench_feature_sets, table_cells
 
     feature_sets = [f.strip() for f in opts.features.split(",")]
     with _steps("heads", quiet) as step:
         rows, runs = bench_feature_sets(store, feature_sets, names, opts, out,
                                         on_head=lambda h, done, total: step(h, done, total))
-    first = feature_sets[0]
-    t = Table(title=f"heads x feature sets: ROC-AUC, and the paired difference from {first}")
+    t = Table(title=f"heads x feature sets: ROC-AUC, and the paired difference from {feature_sets[0]}")
     t.add_column("head")
     for fs in feature_sets:
         t.add_column(fs)
-    by = {(r["head"], r["features"]): r for r in rows}
-    for h in dict.fromkeys(r["head"] for r in rows):
-        cells = []
-        for fs in feature_sets:
-            r = by[(h, fs)]
-            cell = f"{r['roc_auc']:.3f}"
-            if fs != first:
-                cell += (f" ({r[f'vs_{first}']:+.3f} [{r[f'vs_{first}_lo']:+.3f}, {r[f'vs_{first}_hi']:+.3f}]"
-                         + (", within noise)" if r["within_noise"] else ")"))
-            cells.append(cell)
+    for h, cells in table_cells(rows, feature_sets, with_ci=False):
         t.add_row(h, *cells)
     console.print(t)
     if out:

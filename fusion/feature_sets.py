@@ -63,6 +63,25 @@ def _encoder(store_path, fs: str) -> str:
         return str(store.feature_set_info(fs).get("config", {}).get("encoder", "?"))
 
 
+def table_cells(rows: list[dict], feature_sets: list[str], with_ci: bool) -> list[tuple[str, list[str]]]:
+    """Per head, one cell per feature set: the ROC-AUC (with its CI when ``with_ci``) and, after the first
+    feature set, the paired difference from it."""
+    first = feature_sets[0]
+    by = {(r["head"], r["features"]): r for r in rows}
+    out = []
+    for h in dict.fromkeys(r["head"] for r in rows):
+        cells = []
+        for fs in feature_sets:
+            r = by[(h, fs)]
+            cell = f"{r['roc_auc']:.3f}" + (f" [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]" if with_ci else "")
+            if fs != first:
+                cell += (f"; {r[f'vs_{first}']:+.3f} [{r[f'vs_{first}_lo']:+.3f}, {r[f'vs_{first}_hi']:+.3f}]"
+                         + (" within noise" if r["within_noise"] else ""))
+            cells.append(cell)
+        out.append((h, cells))
+    return out
+
+
 def write_feature_sets(out: Path, rows: list[dict], feature_sets: list[str], runs: dict) -> None:
     """features.csv, features.md (heads x feature sets) and features.png (the differences with their CIs)."""
     import matplotlib
@@ -85,15 +104,7 @@ def write_feature_sets(out: Path, rows: list[dict], feature_sets: list[str], run
              f"first, its difference from {first} with a paired patient-bootstrap CI.", "",
              "| head | " + " | ".join(f"{fs} ({by[(heads[0], fs)]['encoder']})" for fs in feature_sets) + " |",
              "|---" * (len(feature_sets) + 1) + "|"]
-    for h in heads:
-        cells = []
-        for fs in feature_sets:
-            r = by[(h, fs)]
-            cell = f"{r['roc_auc']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]"
-            if fs != first:
-                cell += (f"; {r[f'vs_{first}']:+.3f} [{r[f'vs_{first}_lo']:+.3f}, {r[f'vs_{first}_hi']:+.3f}]"
-                         + (" within noise" if r["within_noise"] else ""))
-            cells.append(cell)
+    for h, cells in table_cells(rows, feature_sets, with_ci=True):
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
     (out / "features.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(heads) * (len(feature_sets) - 1) + 1.5))
