@@ -11,7 +11,8 @@ import featstore
 from featstore.extract import ExtractConfig, RunConfig, extract, find_slides, read_patch
 from featstore.extract.config import SlideSpec
 from featstore.extract.plan import plan_slide
-from featstore.slides import OpenSlideReader, like_bilinear, resize_rgb
+from featstore.resample import like_bilinear, resize_rgb
+from featstore.slides import OpenSlideReader
 from featstore.tifftiles import TiffTiles
 
 from .conftest import CMU

@@ -56,7 +56,7 @@ class RunConfig:
     and device decoders are checked against a reference per slide.
     downscale: how a patch read finer than the target comes down to patch_size: dct (RGB-stored JPEG tiles
     decoded at 1/2 or 1/4 by the scaled IDCT where a per-slide check passes, then a 3-tap filter that matches
-    the resize, featstore.slides.like_bilinear; else resize) or resize (full decode, antialiased bilinear).
+    the resize, featstore.resample.like_bilinear; else resize) or resize (full decode, antialiased bilinear).
     The two differ by about a grey level, as the decoders do; each slide's provenance says which.
     max_patches: per slide, counted on the grid before the tissue mask (a declared size no real slide has).
     devices: "all" or "0,1,...": one Dask worker per GPU; scheduler/dask_workers: one Dask task per slide.

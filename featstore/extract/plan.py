@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.extract.config import ExtractConfig, RunConfig, SlideSpec
-from featstore.slides import SlideError, like_bilinear, resize_rgb
+from featstore.resample import like_bilinear, resize_rgb
+from featstore.slides import SlideError
 from featstore.tiling import Geometry, grid, tissue_fractions
 from featstore.tissue import tissue_mask
 
