@@ -367,6 +367,11 @@ def test_precision_auto_on_cpu_is_measured_recorded_and_kept_on_resume(tmp_path,
         assert got == want and f"measured {'only ' if want == 'fp32' else ''}{speedup:.1f}x fp32" in why
     assert embed.resolve_precision("auto", cpu, encoder, existing="fp32")[0] == "fp32"  # resume: as made
     assert embed.resolve_precision("bf16", cpu, encoder) == ("bf16", "given")
+    # A foundation model its authors run in half precision: bf16 without a timing (minutes for a ViT-g here).
+    vit = dataclasses.replace(encoder, name="uni_v2", spec={**encoder.spec, "precision": "bf16"})
+    monkeypatch.setattr(embed, "_bf16_speedup", lambda *_a: pytest.fail("a half-precision preset is not timed"))
+    assert embed.resolve_precision("auto", cpu, vit) == (
+        "bf16", "auto: CPU has avx512_bf16; uni_v2's authors run it in bf16 (not timed)")
     monkeypatch.setattr(embed, "_bf16_speedup", lambda *_a: 2.0)
     cfg = ExtractConfig(encoder="resnet50-trunc", weights="random", patch_size=64, target_mpp=2.0)
     extract(find_slides([CMU]), tmp_path / "s.zarr", cfg, run=RunConfig(num_workers=0))

@@ -50,6 +50,10 @@ def resolve_precision(precision: str, device: torch.device, encoder: Encoder | N
         return "fp32", "auto: this CPU has no bf16 units"
     if encoder is None:
         return "fp32", "auto: not measured"
+    if encoder.spec.get("precision") in ("bf16", "fp16"):
+        # Its authors run it in half precision, and timing a ViT-g on a CPU would take minutes before the run.
+        return "bf16", (f"auto: CPU has {'+'.join(flags)}; {encoder.name}'s authors run it in "
+                        f"{encoder.spec['precision']} (not timed)")
     speedup = _bf16_speedup(encoder, patch_size)
     if speedup >= BF16_MIN_SPEEDUP:
         return "bf16", f"auto: CPU has {'+'.join(flags)}; bf16 measured {speedup:.1f}x fp32 at start"
