@@ -50,8 +50,9 @@ def import_labels(
     name: Annotated[str, typer.Option(help="Table name in the store")] = "labels",
     id_column: Annotated[str, typer.Option(help="Column with patient ids or TCGA sample barcodes")] = "patient_id",
     label_column: Annotated[str, typer.Option(help="Column with the labels (PAM50 calls in any spelling)")] = "label",
-    label_map: Annotated[str, typer.Option(help="pam50-binary (Luminal vs Basal_Her2) | none (labels as they are; "
-                                                "two classes)")] = "pam50-binary",
+    label_map: Annotated[str, typer.Option(help="pam50-binary (Luminal vs Basal_Her2) | pam50 (the five calls; "
+                                                "then fusion --positive CLASS) | none (labels as they are)")]
+    = "pam50-binary",
     overwrite: Annotated[bool, typer.Option(help="Replace a table of the same name")] = False,
 ) -> None:
     """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded)."""

@@ -27,6 +27,7 @@ PAM50_CALLS = ("LumA", "LumB", "Basal", "Her2", "Normal")
 LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "pam50-binary": {"LumA": "Luminal", "LumB": "Luminal", "Basal": "Basal_Her2", "Her2": "Basal_Her2",
                      "Normal": None},
+    "pam50": {c: c for c in PAM50_CALLS},  # the five calls, any spelling; fusion trains one against the rest
 }
 POSITIVE_CLASS = {"pam50-binary": "Basal_Her2"}
 
@@ -292,9 +293,6 @@ def read_labels(
         if c not in cols:
             raise InputError(f"{path}: no column {c!r}; columns are {cols}")
     mapping = None
-    if label_map == "pam50":
-        raise InputError("--label-map pam50 keeps five classes, and fusion trains binary heads: use pam50-binary "
-                         "(Luminal vs Basal_Her2, Normal excluded) or a two-class column with --label-map none")
     if label_map is not None:
         if label_map not in LABEL_MAPS:
             raise InputError(f"unknown --label-map {label_map!r}; known: {sorted(LABEL_MAPS)} or none")

@@ -52,7 +52,7 @@ class CVOptions:
     genes: str | None = option(None, "Expression table (optional when the store has one)")
     labels: str | None = option(None, "Labels table in the store (optional when it has one)")
     labels_csv: str | None = option(None, "Labels from a CSV instead (patient_id,label), read with --label-map")
-    label_map: str | None = option("pam50-binary", "pam50-binary | none")
+    label_map: str | None = option("pam50-binary", "pam50-binary | pam50 (five calls: with --positive) | none")
     positive: str | None = option(None, "One class against all the others (one-vs-rest), for labels of more than "
                                         "two classes, e.g. --positive Basal on five PAM50 calls")
     folds: int = option(5, "K in K-fold")

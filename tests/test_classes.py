@@ -32,7 +32,7 @@ def three_classes(tmp_path_factory):
     return path, expr
 
 
-@pytest.mark.filterwarnings("ignore:The fitted attributes of LogisticRegressionCV:FutureWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning:sklearn")
 def test_three_classes_are_refused_with_the_route_and_trained_one_vs_rest(three_classes):
     path, expr = three_classes
     with pytest.raises(ValueError, match=r"labels have 3 classes .*--positive CLASS \(e\.g\. --positive Her2\)"):

@@ -108,13 +108,17 @@ def test_labels_in_every_spelling_users_have_and_an_empty_id_is_a_skipped_row(tm
     assert any("WARNING: 1 rows with an empty 'patient_id' skipped (rows 13)" in n for n in notes)
 
 
-def test_unknown_labels_are_listed_with_counts_and_pam50_five_classes_is_refused(tmp_path):
+def test_unknown_labels_are_listed_with_counts_and_pam50_keeps_the_five_calls(tmp_path):
     path = tmp_path / "l.csv"
     path.write_text("patient_id,label\nP1,LumA\nP2,Claudin-low\nP3,Claudin-low\nP4,??\nP5,Basal\n")
     with pytest.raises(InputError, match=r"does not know, with their counts: \{'Claudin-low': 2, '\?\?': 1\}"):
         read_labels(path)
-    with pytest.raises(InputError, match=r"--label-map pam50 keeps five classes"):
+    with pytest.raises(InputError, match=r"label map 'pam50' does not know.*'Claudin-low': 2"):
         read_labels(path, label_map="pam50")
+    # The real Pan-Gyn patient table: every PAM50 call kept, in the five canonical names.
+    table, _ = read_labels(PAM50_LABELS / "brca_subtype_patient_table.csv", id_column="patient_barcode",
+                           label_column="BRCA_Subtype_PAM50", label_map="pam50")
+    assert set(table.labels) == {"LumA", "LumB", "Her2", "Basal", "Normal"}
 
 
 @pytest.mark.parametrize("body, kwargs, message", [
