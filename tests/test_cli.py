@@ -198,7 +198,8 @@ def test_the_python_api_takes_an_open_store_and_training_options_where_a_user_pu
        on_epoch=lambda head, done, total: seen.append((head, done, total)))
     assert seen[0] == ("concat", 0, 6) and seen[-1] == ("concat", 6, 6)
     assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
-    with pytest.raises(ValueError, match=r"label_map \(--label-map\) must be one of pam50-binary or none, got 'bogus'"):
+    with pytest.raises(ValueError,
+                       match=r"label_map \(--label-map\) must be one of pam50-binary, pam50 or none, got 'bogus'"):
         CVOptions(label_map="bogus")
     r = runner.invoke(fusion_app, ["cv", str(path), "--label-map", "none", "--exclude-genes", "pam5"])
     assert r.exit_code == 1 and "--exclude-genes 'pam5' is neither 'pam50' nor a file" in r.output, r.output
