@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 
 CALIBRATIONS = ("none", "platt", "isotonic")
 
@@ -22,7 +23,7 @@ class Calibrator:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, float)
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.a * logit(p) + self.b)))
+            return expit(self.a * logit(p) + self.b)  # scipy's: no overflow warning for a far-out logit
         if self.method == "isotonic":
             return np.interp(p, self.x, self.y)
         return p
