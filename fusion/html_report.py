@@ -230,6 +230,66 @@ def write_cv_report(out: Path, result, metrics: dict) -> Path:
     return path
 
 
+def verdicts(rows: list[dict], runs: dict) -> list[str]:
+    """One sentence per fusion head: what it adds over the best single-modality head (paired bootstrap CI of
+    the ROC-AUC difference on the same patients) and whether it uses each input (the modality check)."""
+    best = next((r["head"] for r in rows if r["vs_best_unimodal"] == "best unimodal"), None)
+    out = []
+    for r in rows:
+        ci = r.get("vs_best_unimodal_ci95")
+        if best is None or "+" not in r["modalities"] or not ci:
+            continue
+        d = f"{r['vs_best_unimodal_difference']:+.3f} ROC-AUC [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        if ci[0] > 0:
+            sentence = f"{r['head']} adds {d} over the best single modality, {best}"
+        elif ci[1] < 0:
+            sentence = f"{r['head']} is below the best single modality, {best}, by {d}"
+        else:
+            sentence = f"{r['head']} is level with the best single modality, {best}: {d}, within noise"
+        check = runs[r["head"]].metrics.get("modality_check", {})
+        unused = [m for m, c in check.items() if not c["informative"]]
+        sentence += ("; it uses both inputs" if check and not unused else
+                     "; " + "; ".join(check[m]["verdict"] for m in unused) if unused else "")
+        out.append(sentence + ".")
+    return out
+
+
+def _forest(rows: list[dict]) -> str:
+    """Every head's ROC-AUC difference from the best single-modality head, with its paired 95% CI."""
+    plt = _plt()
+    shown = [r for r in rows if r.get("vs_best_unimodal_ci95") or r["vs_best_unimodal"] == "best unimodal"]
+    fig, ax = plt.subplots(figsize=(6.2, 0.32 * len(shown) + 1.3))
+    for i, r in enumerate(shown):
+        d = r.get("vs_best_unimodal_difference") or 0.0
+        lo, hi = r.get("vs_best_unimodal_ci95") or (0.0, 0.0)
+        color = "C2" if lo > 0 else "C3" if hi < 0 else "C7"
+        ax.errorbar(d, i, xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]], fmt="o", color=color, capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(shown)), [f"{r['head']} ({r['modalities']})" for r in shown])
+    ax.invert_yaxis()
+    ax.set(xlabel="ROC-AUC minus the best single modality's (paired 95% CI)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _best_per_modality(rows: list[dict], runs: dict) -> str:
+    """ROC curves of the best head of each modality set (genes, image, both), overlaid."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    for k, mods in enumerate(dict.fromkeys(r["modalities"] for r in rows)):
+        r = next(r for r in rows if r["modalities"] == mods)  # rows are sorted by ROC-AUC
+        result = runs[r["head"]].result
+        fpr, tpr, _ = roc_curve(result.y, np.nanmean(result.oof, axis=0))
+        ax.plot(fpr, tpr, color=f"C{k}", label=f"{r['head']} ({mods}) {r['roc_auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="best head per modality")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def write_bench_report(out: Path, rows: list[dict], runs: dict, note: str) -> Path:
     first = next(iter(runs.values())).metrics
     lines = []
@@ -248,9 +308,14 @@ def write_bench_report(out: Path, rows: list[dict], runs: dict, note: str) -> Pa
              "<th>modalities</th><th>ROC-AUC [95% CI]</th><th>PR-AUC</th><th>bal. acc.</th><th>vs best unimodal "
              "(paired bootstrap; green/red: CI excludes 0)</th><th>modality check</th></tr>" + "".join(lines)
              + "</table>")
-    sections = "".join(f"<div id='{html.escape(h)}'>{head_section(run.result, run.metrics, f'{h}.')}</div>"
-                       for h, run in runs.items())
+    sentences = verdicts(rows, runs)
+    answer = ("<h2>Does histology add to expression?</h2>"
+              + ("<ul>" + "".join(f"<li class='verdict'>{html.escape(v)}</li>" for v in sentences) + "</ul>"
+                 if sentences else "<p>No fusion head was run.</p>")
+              + f"<div class='plots'>{_forest(rows)}{_best_per_modality(rows, runs)}</div>")
+    sections = "".join(f"<details id='{html.escape(h)}'><summary>{html.escape(h)}</summary>"
+                       f"{head_section(run.result, run.metrics, f'{h}.')}</details>" for h, run in runs.items())
     path = out / "report.html"
-    body = cohort_section(first, f"{first['head']}.") + board + sections
+    body = answer + board + cohort_section(first, f"{first['head']}.") + sections
     path.write_text(page("fusion bench", body, first.get("simulated", False)))
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -94,12 +95,43 @@ def test_bench_report_renders_in_chromium_with_every_head_and_the_numbers_of_met
     parsed, log = render(tmp_path / "b" / "report.html", tmp_path)
     assert "CONSOLE" not in log, [ln for ln in log.splitlines() if "CONSOLE" in ln]
     assert parsed.heads == heads
-    # curves and reliability per head, plus the modality check of the fusion head; all decoded
-    assert parsed.figures == f"{parsed.images}/{parsed.images}" and parsed.images == 2 * len(heads) + 1
+    # the forest plot and the best head per modality first; curves and reliability per head, plus the modality
+    # check of the fusion head; all decoded
+    assert parsed.figures == f"{parsed.images}/{parsed.images}" and parsed.images == 2 + 2 * len(heads) + 1
     per_head = {h: json.loads((tmp_path / "b" / h / "metrics.json").read_text()) for h in heads}
     check_numbers(parsed, lambda p: (per_head[p.split(".", 1)[0]], p.split(".", 1)[1]))
     assert any(p == "concat.modality_check.image.roc_auc_drop" for p, _ in parsed.metrics)
-    assert "SIMULATED data" in (tmp_path / "b" / "report.html").read_text()
+    text = (tmp_path / "b" / "report.html").read_text()
+    assert "SIMULATED data" in text
+    # The answer comes first: one sentence per fusion head, above the leaderboard and the folded head sections.
+    assert text.index("Does histology add to expression?") < text.index("<h2>Leaderboard</h2>") < text.index("<details")
+    sentences = re.findall(r"<li class='verdict'>(.*?)</li>", text)
+    assert len(sentences) == 1 and sentences[0].startswith("concat ") and "the best single modality" in sentences[0]
+
+
+def test_verdicts_say_what_a_fusion_head_adds_and_whether_it_uses_both_inputs():
+    from types import SimpleNamespace
+
+    from fusion.html_report import verdicts
+
+    def run(check):
+        return SimpleNamespace(metrics={"modality_check": check})
+
+    both = {"genes": {"informative": True}, "image": {"informative": True}}
+    no_image = {"genes": {"informative": True}, "image": {"informative": False, "verdict": "image adds nothing measurable"}}
+    rows = [{"head": "cross_attn", "modalities": "genes+image", "vs_best_unimodal_difference": 0.03,
+             "vs_best_unimodal_ci95": [0.01, 0.05], "vs_best_unimodal": ""},
+            {"head": "late", "modalities": "genes+image", "vs_best_unimodal_difference": 0.004,
+             "vs_best_unimodal_ci95": [-0.01, 0.02], "vs_best_unimodal": ""},
+            {"head": "concat", "modalities": "genes+image", "vs_best_unimodal_difference": -0.02,
+             "vs_best_unimodal_ci95": [-0.04, -0.005], "vs_best_unimodal": ""},
+            {"head": "logreg", "modalities": "genes", "vs_best_unimodal": "best unimodal"}]
+    got = verdicts(rows, {"cross_attn": run(both), "late": run(no_image), "concat": run(both), "logreg": run({})})
+    assert got == [
+        "cross_attn adds +0.030 ROC-AUC [+0.010, +0.050] over the best single modality, logreg; it uses both inputs.",
+        "late is level with the best single modality, logreg: +0.004 ROC-AUC [-0.010, +0.020], within noise; "
+        "image adds nothing measurable.",
+        "concat is below the best single modality, logreg, by -0.020 ROC-AUC [-0.040, -0.005]; it uses both inputs."]
 
 
 def test_cv_report_renders_and_a_broken_figure_is_caught(cohort, tmp_path):
