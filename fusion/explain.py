@@ -62,10 +62,22 @@ def patch_scores(model: Model, store, feature_set: str, patient: str, slide_ids:
     return {sid: (c, sc / total) for sid, (c, sc) in out.items()}
 
 
+def caveat(model_meta: dict, feature_config: dict) -> str:
+    """What a heatmap must say on its face: a model trained on SIMULATED data, features from random weights."""
+    parts = []
+    if model_meta.get("simulated"):
+        parts.append("model trained on SIMULATED data")
+    if str(feature_config.get("weights", "")).startswith("random") or feature_config.get("source") == "simulated":
+        parts.append("features from a RANDOM-WEIGHT encoder" if feature_config.get("source") != "simulated"
+                     else "SIMULATED features")
+    return "; ".join(parts) + ": not biology" if parts else ""
+
+
 def draw(path: Path, slide_attrs: dict, coords: np.ndarray, scores: np.ndarray, title: str,
-         max_side: int = 1024) -> tuple[np.ndarray, float]:
+         max_side: int = 1024, warning: str = "") -> tuple[np.ndarray, float]:
     """The scores as coloured squares over the slide's thumbnail, with a colour bar; returns the thumbnail
-    and its level-0 pixels per thumbnail pixel."""
+    and its level-0 pixels per thumbnail pixel. ``warning`` is printed in red on the image and kept in the
+    PNG's ``Warning`` text chunk."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,8 +106,11 @@ def draw(path: Path, slide_attrs: dict, coords: np.ndarray, scores: np.ndarray, 
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.04,
                  label="attention per patch (share of the bag)")
     ax.set(title=title, xticks=[], yticks=[], xlim=(0, canvas.shape[1]), ylim=(canvas.shape[0], 0))
+    if warning:
+        ax.text(0.5, 0.02, warning, transform=ax.transAxes, ha="center", va="bottom", color="white", weight="bold",
+                fontsize=10, bbox={"facecolor": "#b00020", "edgecolor": "none"})
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Warning": warning} if warning else None)
     plt.close(fig)
     return canvas, ds
 
@@ -135,7 +150,8 @@ def explain(model_path, store_path, slide: str | None = None, out=None, features
                 png = out if single else out / f"{sid}.png"
                 png.parent.mkdir(parents=True, exist_ok=True)
                 draw(png, store.slide_attrs(fs, sid), coords, scores,
-                     f"{sid}: {models[0].meta['head']} image attention ({len(models)} model(s))")
+                     f"{sid}: {models[0].meta['head']} image attention ({len(models)} model(s))",
+                     warning=caveat(models[0].meta, store.feature_set_info(fs).get("config", {})))
                 with open(png.with_suffix(".csv"), "w", newline="") as fh:
                     w = csv.writer(fh)
                     w.writerow(["slide_id", "x", "y", "score"])

@@ -111,7 +111,11 @@ def _reliability(cal: dict) -> str:
         bins = cal[key]["bins"]
         ax.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], "o-", color=colour,
                 label=f"{key} ({cal['method'] if key == 'after' else 'raw'}): ECE {cal[key]['ece']:.3f}")
-    ax.set(xlabel="mean predicted P(positive)", ylabel="observed share positive", title="reliability", xlim=(0, 1),
+    for b in cal["after"]["bins"]:  # how many patients each point stands on: a bin of 3 says little
+        ax.annotate(str(b["n"]), (b["mean_predicted"], b["observed"]), textcoords="offset points", xytext=(4, -9),
+                    fontsize=7, color="C2")
+    ax.set(xlabel="mean predicted P(positive)", ylabel="observed share positive",
+           title="reliability (patients per bin)", xlim=(0, 1),
            ylim=(0, 1))
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()

@@ -60,6 +60,8 @@ def save_model(out: Path, result, i: int, meta: dict) -> Path:
 
 def model_meta(store, cohort, head: str, opts) -> dict:
     """What a saved model needs besides its arrays (read while the store is open)."""
+    from fusion.api import _is_simulated
+
     fs = store.feature_set_info(cohort.feature_set) if cohort.feature_set else {}
     return {
         "head": head, "modalities": sorted(get_head(head).modalities), "classes": list(cohort.classes),
@@ -69,6 +71,7 @@ def model_meta(store, cohort, head: str, opts) -> dict:
             **{k: fs.get("config", {}).get(k) for k in IDENTITY_KEYS}},
         "view": {"k": opts.view_k, "method": opts.view_method, "seed": opts.seed} if cohort.feature_set else None,
         "gene_table": cohort.gene_table, "gene_ids": cohort.gene_ids, "store": str(Path(store.path).resolve()),
+        "simulated": _is_simulated(store, cohort),  # its outputs (heatmaps too) carry the SIMULATED label
     }
 
 

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import featstore
 from featstore.extract import ExtractConfig, RunConfig, extract, find_slides
@@ -44,6 +45,10 @@ def test_heatmap_of_the_real_slide_has_its_aspect_and_its_hottest_patch_on_tissu
     res = explain(model, store, SLIDE, tmp_path / "heat.png")
     coords, scores = res[SLIDE]
     assert (tmp_path / "heat.png").stat().st_size > 10_000
+    # On its face: the model was trained on SIMULATED bags, and the slide's features come from random weights.
+    with Image.open(tmp_path / "heat.png") as png:
+        assert png.text["Warning"] == ("model trained on SIMULATED data; features from a RANDOM-WEIGHT encoder: "
+                                       "not biology")
     with featstore.open(store) as s:
         attrs = s.slide_attrs(None, SLIDE)
         n = len(s.read_slide(None, SLIDE).features)
