@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featstore.encoders import ENCODERS, RESNET50_IMAGENET_FILE, EncoderSpec, register_encoder
+from featstore.encoders import RESNET50_IMAGENET_FILE, EncoderSpec, register_encoder
 
 HOPTIMUS_MEAN, HOPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 LUNIT_MEAN, LUNIT_STD = (0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464)
@@ -48,20 +48,16 @@ class ClsAndMeanToken(nn.Module):
         return torch.cat([tokens[:, 0], tokens[:, self.skip:].mean(1)], dim=-1)
 
 
-_LAYERS = {"SwiGLUPacked": ("timm.layers", "SwiGLUPacked"), "SiLU": ("torch.nn", "SiLU")}
-
-
 def _timm(model: str, kwargs: dict, readout: str):
     """A build function for a timm model: never pretrained (weights come from the user's file), no classifier,
     and any input size that is a multiple of the ViT patch (dynamic_img_size), as TRIDENT builds them."""
 
     def build():
-        import importlib
-
         import timm
 
-        kw = {k: getattr(importlib.import_module(_LAYERS[v][0]), _LAYERS[v][1]) if isinstance(v, str) and v in _LAYERS
-              else v for k, v in kwargs.items()}
+        # Layers are named in the spec (it is provenance, so plain text) and resolved here.
+        layers = {"SwiGLUPacked": timm.layers.SwiGLUPacked, "SiLU": nn.SiLU}
+        kw = {k: layers.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
         if readout == "cls+mean":
             kw["global_pool"] = ""
         backbone = timm.create_model(model, pretrained=False, num_classes=0, dynamic_img_size=True, **kw)
@@ -120,8 +116,7 @@ PRESETS = [
                 weights_from="huggingface.co/1aurent/vit_small_patch8_224.lunit_dino (model.safetensors)"),
 ]
 for _spec in PRESETS:
-    if _spec.name not in ENCODERS:
-        register_encoder(_spec)
+    register_encoder(_spec)
 
 # TRIDENT's names for features made with the same models, where they differ from ours.
 TRIDENT_NAMES = {"resnet50": "resnet50-trunc"}

@@ -127,14 +127,19 @@ def _assignments(opts: CVOptions, cohort: Cohort) -> np.ndarray:
     return make_splits(cohort.patient_ids, cohort.y, opts.folds, opts.repeats, opts.seed, opts.split)
 
 
-def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, View | None]:
-    """One cohort for all the heads (patients with every modality any head uses) and the cached view."""
+def cohort_for(store, heads: list[str], opts: CVOptions) -> Cohort:
+    """One cohort for all the heads: the patients with every modality any head uses."""
     use_g = any(GENES in get_head(h).modalities for h in heads)
     use_i = any(IMAGE in get_head(h).modalities for h in heads)
-    cohort = load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing,
-                         labels_csv=opts.labels_csv, positive=opts.positive)
+    return load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing,
+                       labels_csv=opts.labels_csv, positive=opts.positive)
+
+
+def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, View | None]:
+    """The heads' cohort (:func:`cohort_for`) and, when any head reads images, the cached view."""
+    cohort = cohort_for(store, heads, opts)
     view = None
-    if use_i:
+    if any(IMAGE in get_head(h).modalities for h in heads):
         view = build_view(store, cohort.feature_set, cohort.slides, opts.view_k, opts.view_method, opts.seed,
                           cache=store.mode != "r")
     return cohort, view

@@ -67,9 +67,10 @@ def caveat(model_meta: dict, feature_config: dict) -> str:
     parts = []
     if model_meta.get("simulated"):
         parts.append("model trained on SIMULATED data")
-    if str(feature_config.get("weights", "")).startswith("random") or feature_config.get("source") == "simulated":
-        parts.append("features from a RANDOM-WEIGHT encoder" if feature_config.get("source") != "simulated"
-                     else "SIMULATED features")
+    if feature_config.get("source") == "simulated":
+        parts.append("SIMULATED features")
+    elif str(feature_config.get("weights", "")).startswith("random"):
+        parts.append("features from a RANDOM-WEIGHT encoder")
     return "; ".join(parts) + ": not biology" if parts else ""
 
 

@@ -8,7 +8,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from fusion.api import CVOptions, CVRun, _open_existing, bench, prepare_inputs
+from fusion.api import CVOptions, CVRun, _open_existing, bench, cohort_for
 from fusion.metrics import paired_difference
 from fusion.registry import list_heads
 
@@ -27,8 +27,9 @@ def bench_feature_sets(store_path, feature_sets: list[str], heads: list[str] | s
         if missing:
             raise ValueError(f"no feature set {', '.join(missing)} in {store.path} (it has: "
                              f"{', '.join(store.feature_sets()) or 'none'})")
-        patients = {fs: prepare_inputs(store, names, dataclasses.replace(opts, features=fs))[0].patient_ids
+        patients = {fs: cohort_for(store, names, dataclasses.replace(opts, features=fs)).patient_ids
                     for fs in feature_sets}
+        encoders = {fs: str(store.feature_set_info(fs).get("config", {}).get("encoder", "?")) for fs in feature_sets}
     first = feature_sets[0]
     for fs in feature_sets[1:]:
         if list(patients[fs]) != list(patients[first]):
@@ -46,7 +47,7 @@ def bench_feature_sets(store_path, feature_sets: list[str], heads: list[str] | s
         for fs in feature_sets:
             run = runs[fs][h]
             s = run.metrics["summary"]["roc_auc"]
-            row = {"head": h, "features": fs, "encoder": _encoder(store_path, fs), "roc_auc": s["pooled"],
+            row = {"head": h, "features": fs, "encoder": encoders[fs], "roc_auc": s["pooled"],
                    "roc_auc_lo": s["ci95"][0], "roc_auc_hi": s["ci95"][1]}
             if fs != first:
                 d = paired_difference(ref.cohort.y, run.result.oof, ref.result.oof, "roc_auc", opts.bootstrap, opts.seed)
@@ -56,11 +57,6 @@ def bench_feature_sets(store_path, feature_sets: list[str], heads: list[str] | s
     if out is not None:
         write_feature_sets(Path(out), rows, feature_sets, runs)
     return rows, runs
-
-
-def _encoder(store_path, fs: str) -> str:
-    with _open_existing(store_path) as store:
-        return str(store.feature_set_info(fs).get("config", {}).get("encoder", "?"))
 
 
 def table_cells(rows: list[dict], feature_sets: list[str], with_ci: bool) -> list[tuple[str, list[str]]]:
