@@ -101,6 +101,9 @@ class _GenePath(nn.Module):
         self.logit = FoldLinear(models, gene_dim, 1)
         self.embed = FoldMLP(models, [gene_dim, 64, dim], dropout, snn)
 
+    def forward(self, genes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logit(genes).squeeze(-1), self.embed(genes)
+
 
 class _FusionHead(nn.Module):
     """``logit = gene_logit + image_logit + gate * fused_logit``, starting from two unimodal linear models.
@@ -190,14 +193,10 @@ class _FusionHead(nn.Module):
         return None
 
     def forward(self, genes, tokens, mask, weights):
-        lg = self.genes.logit(genes).squeeze(-1)
+        lg, g = self.genes(genes)
         i = self.image(tokens, mask, weights)
         li = (self.image_linear(weighted_mean(tokens, weights)) + self.image_logit(i)).squeeze(-1)
-        lf = None
-        # A gate held at 0 (the unimodal stage, a head without fusion term, every model sent back to its
-        # branches) makes the fusion term, and the gene embedding only it reads, dead weight in every step.
-        if self.gate.requires_grad or bool(self.gate.any()):
-            lf = self.fuse(self.genes.embed(genes), i, tokens, mask, weights)
+        lf = self.fuse(g, i, tokens, mask, weights)
         lf = torch.zeros_like(lg) if lf is None else self.gate * lf
         if self.training and self.modality_dropout > 0:
             u = torch.rand(lg.shape, device=lg.device)

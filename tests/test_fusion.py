@@ -202,7 +202,7 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
                     np.testing.assert_allclose(r.uncalibrated[0, test], stack.uncalibrated[0, test], rtol=1e-4,
                                                atol=1e-5, err_msg=f"{head}, fold {fold}")
                     back += 1
-    assert back >= 3, back  # the check ran, on several fold models
+    assert back >= 5, back  # the check ran
 
 
 def test_a_fusion_head_keeps_its_training_only_where_it_clearly_ranks_better_than_its_warm_start():
@@ -270,7 +270,7 @@ def test_modality_dropout_trains_each_path_alone_on_40_percent_of_the_patients()
     mask, weights = torch.ones(1, b, 3, dtype=torch.bool), torch.ones(1, b, 3)
     model.eval()
     with torch.no_grad():
-        gene_logit = model.genes.logit(genes).squeeze(-1)
+        gene_logit = model.genes(genes)[0]
         image_logit = (model.image_linear(weighted_mean(tokens, weights))
                        + model.image_logit(model.image(tokens, mask, weights))).squeeze(-1)
         both = model(genes, tokens, mask, weights)
@@ -391,19 +391,18 @@ def test_the_fallback_rules_differ_only_in_what_they_send_back():
     or the unimodal branches as they were when the fusion stage began (gate back at exactly 0)."""
     from fusion.train import _padded, _predict, train_torch
 
-    m = 8  # enough fold models that the rules are told apart (asserted below)
-    data, y = _gene_signal_noise_image_folds(models=m)
+    data, y = _gene_signal_noise_image_folds(models=6)
     test_idx, _ = _padded(data.test)
     runs = {rule: train_torch(HEADS["concat"], data, y, TrainConfig(epochs=12, patience=4, fallback=rule))[0]
             for rule in FALLBACKS}
     logits = {rule: _predict(model, data, test_idx) for rule, model in runs.items()}
-    same = {rule: [torch.allclose(logits["never"][i], logits[rule][i]) for i in range(m)] for rule in FALLBACKS}
+    same = {rule: [torch.allclose(logits["never"][i], logits[rule][i]) for i in range(6)] for rule in FALLBACKS}
     moved = runs["never"].trained_kept  # a fold early stopping never moved is its warm start (refitted) under all
     assert same["significant"] == [k or not mv for k, mv in zip(runs["significant"].trained_kept, moved)]
     gate = runs["fusion"].gate.detach().flatten()
     assert runs["fusion"].trained_kept == runs["never"].trained_kept
-    reverted = [i for i in range(m) if runs["never"].gate[i] != 0 and not runs["fusion"].fusion_kept[i]]
-    for i in range(m):
+    reverted = [i for i in range(6) if runs["never"].gate[i] != 0 and not runs["fusion"].fusion_kept[i]]
+    for i in range(6):
         assert runs["fusion"].fusion_kept[i] == bool(gate[i] != 0), (i, gate)
         assert same["fusion"][i] == (i not in reverted), (i, reverted)
     assert reverted and not all(same["significant"]), "the rules were not told apart"
