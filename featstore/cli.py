@@ -13,6 +13,7 @@ from rich.table import Table
 
 import featstore
 from featstore.cli_common import StoreArg, console, err, fail, guard, print_notes, root_options, writable_output
+from featstore.errors import InputError
 
 featstore_app = typer.Typer(help="Frozen patch embeddings of whole-slide images, gene tables and labels in one store.",
                             no_args_is_help=True, pretty_exceptions_enable=False)
@@ -54,8 +55,29 @@ def import_labels(
                                                 "then fusion --positive CLASS) | none (labels as they are)")]
     = "pam50-binary",
     overwrite: Annotated[bool, typer.Option(help="Replace a table of the same name")] = False,
+    time_column: Annotated[Optional[str], typer.Option(
+        help="Survival: the follow-up time column; several comma-separated, the first filled in per row (TCGA: "
+             "days_to_death,days_to_last_followup). With --event-column it imports a survival table, not labels")] = None,
+    event_column: Annotated[Optional[str], typer.Option(
+        help="Survival: the event column (1/0, true/false, Dead/Alive, cBioPortal's 1:DECEASED)")] = None,
+    time_unit: Annotated[str, typer.Option(help="Survival: the unit of the times, days | months | years")] = "days",
+    skip_bad_times: Annotated[bool, typer.Option(help="Survival: leave out (and name) rows whose time is negative or "
+                                                      "not a number, instead of stopping")] = False,
 ) -> None:
-    """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded)."""
+    """Import labels (PAM50 calls in either spelling; pam50-binary: Luminal vs Basal_Her2, Normal excluded), or
+    with --time-column and --event-column a survival table (overall survival, a progression-free interval)."""
+    if (time_column is None) != (event_column is None):
+        raise InputError("a survival table needs both --time-column and --event-column")
+    if time_column is not None:
+        from featstore.survival import read_survival
+
+        st, notes = read_survival(table, id_column=id_column, time_column=time_column, event_column=event_column,
+                                  time_unit=time_unit, skip_bad_times=skip_bad_times)
+        with featstore.writing(store) as s:
+            s.write_survival(name, st, overwrite=overwrite)
+        console.print(f"[green]imported[/] {table.name} -> {store}:{name}: survival of {len(st.patient_ids)} patients")
+        print_notes(notes)
+        return
     from featstore.tables import read_labels
 
     t, notes = read_labels(table, id_column=id_column, label_column=label_column,

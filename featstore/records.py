@@ -35,6 +35,17 @@ class LabelTable:
 
 
 @dataclass
+class SurvivalTable:
+    """One follow-up per patient: ``time`` (in ``provenance["time_unit"]``) and whether it ended in the event
+    (``True``) or was censored."""
+
+    patient_ids: list[str]
+    time: np.ndarray  # float64
+    event: np.ndarray  # bool
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
 class SlideFeatures:
     features: np.ndarray
     coords: np.ndarray

@@ -6,7 +6,7 @@ import numpy as np
 
 from featstore.errors import NodeExistsError, StoreError
 from featstore.names import check_name
-from featstore.records import ExpressionTable, LabelTable
+from featstore.records import ExpressionTable, LabelTable, SurvivalTable
 
 
 class StoreTables:
@@ -88,6 +88,26 @@ class StoreTables:
             raw_labels=read("raw_labels").tolist(),
             provenance=self._attrs(base).get("provenance", {}),
         )
+
+    def write_survival(self, name: str, table: SurvivalTable, overwrite: bool = False) -> None:
+        self._check_table_name(name, "survival", overwrite)
+        n = len(table.patient_ids)
+        if not len(table.time) == len(table.event) == n:
+            raise ValueError(f"survival {name!r}: patient_ids, time and event differ in length")
+        self._commit_table(name, {
+            "patient_ids": np.asarray(table.patient_ids, dtype=str),
+            "time": np.asarray(table.time, dtype=np.float64),
+            "event": np.asarray(table.event, dtype=np.int8),
+        }, {"kind": "survival", "provenance": table.provenance, "shape": [n]}, overwrite)
+
+    def read_survival(self, name: str | None = None) -> SurvivalTable:
+        name = self.resolve("survival", name)
+        base = f"tables/{name}"
+
+        def read(array: str) -> np.ndarray:
+            return self._read(base, array, f"table {name}")
+        return SurvivalTable(read("patient_ids").tolist(), read("time").astype(np.float64),
+                             read("event").astype(bool), self._attrs(base).get("provenance", {}))
 
     def table_info(self, name: str) -> dict:
         if name not in self.tables():

@@ -375,7 +375,8 @@ def _check_classes(path: Path, column: str, labels: list[str]) -> None:
     single = sum(v == 1 for v in counts.values())
     raise InputError(f"{path}: column {column!r} holds {len(counts)} distinct values ({single} of them for one patient "
                      f"only{', all numbers' if numeric else ''}), not classes" +
-                     (": a time or a measurement, which fusion does not train on; give a column of classes"
+                     (": a time or a measurement, not a class; a follow-up time is imported as a survival table "
+                      "(--time-column and --event-column)"
                       if numeric else f"; fusion trains up to {MAX_CLASSES} classes (one against the rest with "
                       "--positive), so give a column of classes"))
 

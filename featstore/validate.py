@@ -145,5 +145,13 @@ class StoreChecks:
             for col in ("labels", "raw_labels"):
                 if be.shape(f"{base}/{col}") != n:
                     problems.append(f"table {name}: {col} length differs from patient_ids")
+        elif kind == "survival":
+            n = be.shape(f"{base}/patient_ids")
+            for col in ("time", "event"):
+                if be.shape(f"{base}/{col}") != n:
+                    problems.append(f"table {name}: {col} length differs from patient_ids")
+            time = be.read(f"{base}/time")
+            if not (np.isfinite(time) & (time >= 0)).all():
+                problems.append(f"table {name}: a follow-up time that is negative or not finite")
         else:
             problems.append(f"table {name}: unknown kind {kind!r}")

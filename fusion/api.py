@@ -20,11 +20,13 @@ from fusion.contract import create_head
 from fusion.fallback import FALLBACKS
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.html_report import write_bench_report, write_cv_report
-from fusion.metrics import METRICS, paired_difference, permutation_importance, summarise
+from fusion.metrics import headline, metrics_for, paired_difference, permutation_importance, summarise
 from fusion.model import model_meta, save_model
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
+from fusion.survival import risk_groups
+from fusion.survival_report import write_survival_cv, write_survival_leaderboard
 from fusion.train import CVResult, TrainConfig, cross_validate
 from fusion.views import View, build_view
 
@@ -52,6 +54,9 @@ class CVOptions:
     genes: str | None = option(None, "Expression table (optional when the store has one)")
     labels: str | None = option(None, "Labels table in the store (optional when it has one)")
     labels_csv: str | None = option(None, "Labels from a CSV instead (patient_id,label), read with --label-map")
+    survival: str | None = option(None, "A survival table of the store (featstore import-labels --time-column "
+                                        "--event-column) to train on instead of labels: the survival heads, scored "
+                                        "by c-index")
     label_map: str | None = option("pam50-binary", "pam50-binary | pam50 (five calls: with --positive) | none")
     positive: str | None = option(None, "One class against all the others (one-vs-rest), for labels of more than "
                                         "two classes, e.g. --positive Basal on five PAM50 calls")
@@ -82,6 +87,9 @@ class CVOptions:
                              f"holds one), got {self.bootstrap}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.survival is not None and self.save_models:
+            raise ValueError("--save-models keeps two-class models only for now; a survival run reports its "
+                             "out-of-fold risks (predictions.csv) but saves no model")
 
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -124,7 +132,7 @@ def _exclusion(opts: CVOptions, cohort: Cohort) -> tuple[np.ndarray | None, str]
 def _assignments(opts: CVOptions, cohort: Cohort) -> np.ndarray:
     if opts.splits_file:
         return read_splits(opts.splits_file, cohort.patient_ids)
-    return make_splits(cohort.patient_ids, cohort.y, opts.folds, opts.repeats, opts.seed, opts.split)
+    return make_splits(cohort.patient_ids, cohort.strata, opts.folds, opts.repeats, opts.seed, opts.split)
 
 
 def cohort_for(store, heads: list[str], opts: CVOptions) -> Cohort:
@@ -132,7 +140,7 @@ def cohort_for(store, heads: list[str], opts: CVOptions) -> Cohort:
     use_g = any(GENES in get_head(h).modalities for h in heads)
     use_i = any(IMAGE in get_head(h).modalities for h in heads)
     return load_cohort(store, opts.features, opts.genes, opts.labels, opts.label_map, use_g, use_i, opts.missing,
-                       labels_csv=opts.labels_csv, positive=opts.positive)
+                       labels_csv=opts.labels_csv, positive=opts.positive, survival=opts.survival)
 
 
 def prepare_inputs(store, heads: list[str], opts: CVOptions) -> tuple[Cohort, View | None]:
@@ -164,7 +172,12 @@ def provenance(store, cohort: Cohort) -> dict:
         out.update({f"expression: {k}": prov[k] for k in ("source", "path", "transform", "simulated") if k in prov})
         # What the import dropped and why (normal-tissue samples, duplicates, patients without a tumour sample).
         out.update({f"expression import note {i + 1}": note for i, note in enumerate(prov.get("notes", []))})
-    if cohort.label_table:
+    if cohort.label_table and cohort.target == "survival":
+        prov = store.read_survival(cohort.label_table).provenance
+        out.update({f"survival: {k}": prov[k] for k in ("source", "time_column", "event_column", "time_unit")
+                    if k in prov})
+        out.update({f"survival import note {i + 1}": note for i, note in enumerate(prov.get("notes", []))})
+    elif cohort.label_table:
         prov = store.read_labels(cohort.label_table).provenance
         out.update({f"labels: {k}": prov[k] for k in ("source", "label_column", "label_map") if k in prov})
         out.update({f"labels import note {i + 1}": note for i, note in enumerate(prov.get("notes", []))})
@@ -176,7 +189,7 @@ def provenance(store, cohort: Cohort) -> dict:
     except (OSError, subprocess.SubprocessError):
         out["git revision"] = "not a git checkout"
     sites: dict[str, dict[str, int]] = {}
-    for p, label in zip(cohort.patient_ids, cohort.y):
+    for p, label in zip(cohort.patient_ids, cohort.strata):
         site = site_of(p) or "unknown"
         cls = cohort.classes[int(label)]
         sites.setdefault(site, {}).setdefault(cls, 0)
@@ -191,6 +204,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     """``on_epoch(head, done, total)``: the epochs of a torch head as they pass (a progress bar)."""
     resolved = create_head(head)  # once: everything below asks it, never which kind it is
     spec = resolved.spec
+    check_target(head, cohort.target)
     leak = missingness_leak(cohort, spec.modalities) if opts.missing == "mask" else None
     if leak and opts.strict:  # refused before any training
         raise ValueError(leak["warning"].replace("WARNING: ", "--strict: ", 1))
@@ -199,16 +213,23 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
                             on_epoch=None if on_epoch is None else lambda done, total: on_epoch(head, done, total))
     folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed, result.thresholds)
     metrics = {
-        "head": head, "modalities": sorted(spec.modalities), "n_patients": len(cohort.patient_ids),
-        "positive_class": cohort.classes[1], "negative_class": cohort.classes[0],
+        "head": head, "target": cohort.target, "modalities": sorted(spec.modalities),
+        "n_patients": len(cohort.patient_ids), "positive_class": cohort.classes[1], "negative_class": cohort.classes[0],
         "split": {"by": opts.split if not opts.splits_file else f"file:{opts.splits_file}", "folds": int(assign.max() + 1),
-                  "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.y)},
+                  "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.strata)},
         "folds": folds, "summary": summary, "seconds": round(result.seconds, 3), "params": result.n_params,
         "epochs": result.epochs, "genes": gene_note, "cohort": cohort.summary,
-        "operating_point": operating_point(cohort.y, result.oof, result.thresholds, assign, opts.train.operating_point),
-        "calibration": {"method": opts.train.calibrate, "fitted_on": "inner validation rows of each fold",
-                        "after": reliability(np.tile(cohort.y, assign.shape[0]), result.oof.ravel()),
-                        "before": reliability(np.tile(cohort.y, assign.shape[0]), result.uncalibrated.ravel())},
+    }
+    if cohort.target == "survival":
+        metrics["risk_groups"] = risk_groups(cohort.y, result.oof, np.take_along_axis(result.thresholds, assign, 1))
+    else:
+        metrics["operating_point"] = operating_point(cohort.y, result.oof, result.thresholds, assign,
+                                                     opts.train.operating_point)
+        metrics["calibration"] = {
+            "method": opts.train.calibrate, "fitted_on": "inner validation rows of each fold",
+            "after": reliability(np.tile(cohort.y, assign.shape[0]), result.oof.ravel()),
+            "before": reliability(np.tile(cohort.y, assign.shape[0]), result.uncalibrated.ravel())}
+    metrics |= {
         "view": None if view is None else {"key": view.key, "cached": view.cached, "k": opts.view_k,
                                            "method": opts.view_method},
         "simulated": simulated, "provenance": prov or {},
@@ -226,8 +247,11 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
         metrics["missingness_leak"] = leak
         metrics.setdefault("warnings", []).append(leak["warning"])
     if out is not None:
-        write_cv(Path(out), result, metrics)
-        write_cv_report(Path(out), result, metrics)
+        if cohort.target == "survival":
+            write_survival_cv(Path(out), result, metrics)
+        else:
+            write_cv(Path(out), result, metrics)
+            write_cv_report(Path(out), result, metrics)
         if model_info is not None:
             for i, rec in enumerate(result.fitted):
                 save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
@@ -248,7 +272,7 @@ def missingness_leak(cohort: Cohort, modalities: frozenset[str]) -> dict | None:
     for m in sorted(modalities):
         if present[m].all() or not present[m].any():
             continue
-        a = float(roc_auc(cohort.y, present[m].astype(float))[0])
+        a = float(roc_auc(cohort.strata, present[m].astype(float))[0])
         aucs[m] = max(a, 1 - a)
     worst = max(aucs, key=aucs.get, default=None)
     if worst is None or aucs[worst] <= LEAK_AUC:
@@ -259,11 +283,21 @@ def missingness_leak(cohort: Cohort, modalities: frozenset[str]) -> dict | None:
         "make missingness unrelated to the label")}
 
 
+def check_target(head: str, target: str) -> None:
+    """A head trains the targets it was registered for; any other is refused, naming the heads that do."""
+    if target not in get_head(head).targets:
+        raise ValueError(f"head {head!r} does not train {target} targets; the heads that do: "
+                         f"{', '.join(list_heads(target))}")
+
+
 def modality_check(y: np.ndarray, result: CVResult, opts: CVOptions) -> dict:
-    """Permutation importance of each input of a multimodal head, with a verdict in words."""
-    out = {m: permutation_importance(y, result.oof, pred, resamples=opts.bootstrap, seed=opts.seed)
+    """Permutation importance of each input of a multimodal head, in the target's headline metric (ROC-AUC or
+    c-index), with a verdict in words; ``drop`` is the fall in that metric."""
+    metric = headline(y)
+    out = {m: permutation_importance(y, result.oof, pred, metric, resamples=opts.bootstrap, seed=opts.seed)
            for m, pred in result.permuted.items()}
     for modality, chk in out.items():
+        chk["drop"] = chk[f"{metric}_drop"]
         chk["verdict"] = (f"{modality} informative" if chk["informative"] else f"{modality} adds nothing measurable")
     return out
 
@@ -304,9 +338,10 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
     """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC.
     ``on_head(head, done, total)`` is called as each head starts, ``on_epoch(head, done, total)`` as a torch
     head's epochs pass (a progress bar)."""
-    names = list_heads() if heads == "all" else list(heads)
+    target = "binary" if opts.survival is None else "survival"
+    names = list_heads(target) if heads == "all" else list(heads)
     for h in names:
-        get_head(h)
+        check_target(h, target)
     t0 = time.perf_counter()
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, names, opts)
@@ -320,18 +355,19 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
             on_head(h, k, len(names))
         runs[h] = run_head(cohort, view, h, assign, opts, Path(out) / h if out else None, simulated, prov, info.get(h),
                            on_epoch)
+    key = headline(cohort.y)
     unimodal = [h for h in names if not get_head(h).multimodal]
-    best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"]["roc_auc"]["pooled"] or 0) if unimodal else None
+    best_uni = max(unimodal, key=lambda h: runs[h].metrics["summary"][key]["pooled"] or 0) if unimodal else None
     rows = []
     for h, run in runs.items():
         s = run.metrics["summary"]
         row = {"head": h, "modalities": "+".join(sorted(get_head(h).modalities)), "seconds": run.metrics["seconds"],
                "params": run.metrics["params"]}
-        for m in METRICS:
+        for m in metrics_for(cohort.y):
             row.update({m: s[m]["pooled"], f"{m}_lo": s[m]["ci95"][0], f"{m}_hi": s[m]["ci95"][1],
                         f"{m}_fold_mean": s[m]["fold_mean"], f"{m}_fold_std": s[m]["fold_std"]})
         if best_uni and h != best_uni:
-            d = paired_difference(cohort.y, run.result.oof, runs[best_uni].result.oof, "roc_auc", opts.bootstrap, opts.seed)
+            d = paired_difference(cohort.y, run.result.oof, runs[best_uni].result.oof, key, opts.bootstrap, opts.seed)
             row["vs_best_unimodal"] = f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" + \
                 (" within noise" if d["within_noise"] else "")
             row["within_noise"] = d["within_noise"]
@@ -340,10 +376,10 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
             row["vs_best_unimodal"] = "best unimodal" if h == best_uni else ""
             row["within_noise"] = None
         row["modality_check"] = "; ".join(
-            f"{m} {c['roc_auc_drop']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+            f"{m} {c['drop']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
             + ("" if c["informative"] else f" ({c['verdict']})") for m, c in run.metrics.get("modality_check", {}).items())
         rows.append(row)
-    rows.sort(key=lambda r: -(r["roc_auc"] or 0))
+    rows.sort(key=lambda r: -(r[key] or 0))
     if out is not None:
         note = (f"{len(cohort.patient_ids)} patients, {assign.shape[0]} x {int(assign.max()) + 1}-fold "
                 f"{opts.split}-level CV, {time.perf_counter() - t0:.1f} s in all.")
@@ -351,6 +387,9 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
             note += " Image bags and/or genes are SIMULATED (fusion simulate): see the store's provenance."
         for w in dict.fromkeys(w for r in runs.values() for w in r.metrics.get("warnings", [])):
             note += f"\n\n**{w}**"
-        write_leaderboard(Path(out), rows, cohort.classes[1], note)
-        write_bench_report(Path(out), rows, runs, note)
+        if cohort.target == "survival":
+            write_survival_leaderboard(Path(out), rows, runs, note)
+        else:
+            write_leaderboard(Path(out), rows, cohort.classes[1], note)
+            write_bench_report(Path(out), rows, runs, note)
     return rows, runs

@@ -132,3 +132,7 @@ def _stack(*, seed: int, threads: int, inner_folds: int = 5):
                                        stack.meta_coef, stack.meta_intercept)
         return predictor, 3 + sum(1 + _n_weights(b) for b in stack.bases if b is not None)
     return fit
+
+
+# The survival heads register after these (the order `fusion heads` lists).
+from fusion import cox  # noqa: E402, F401

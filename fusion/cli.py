@@ -96,8 +96,18 @@ def _steps(what: str, quiet: bool):
             progress.stop()
 
 
+def _headline(metrics: dict) -> str:
+    return "c_index" if metrics.get("target") == "survival" else "roc_auc"
+
+
+def _label(metrics: dict) -> str:
+    return {"c_index": "c-index", "roc_auc": "ROC-AUC"}[_headline(metrics)]
+
+
 def _print_summary(metrics: dict) -> None:
-    t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, positive class {metrics['positive_class']}"
+    what = (f"{metrics['cohort']['survival']['events']} events" if metrics.get("target") == "survival" else
+            f"positive class {metrics['positive_class']}")
+    t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, {what}"
               + (" [SIMULATED data]" if metrics.get("simulated") else ""))
     for col in ("metric", "pooled out-of-fold", "95% CI (patient bootstrap)", "fold mean ± sd"):
         t.add_column(col)
@@ -118,7 +128,7 @@ def _print_summary(metrics: dict) -> None:
         err.print(w, style="bold red", soft_wrap=True, highlight=False, markup=False)
     for modality, chk in metrics.get("modality_check", {}).items():
         colour = "green" if chk["informative"] else "red"
-        console.print(f"modality check, {modality} shuffled within test folds: ROC-AUC drop {chk['roc_auc_drop']:.3f} "
+        console.print(f"modality check, {modality} shuffled within test folds: {_label(metrics)} drop {chk['drop']:.3f} "
                       f"[{chk['ci95'][0]:.3f}, {chk['ci95'][1]:.3f}] -> [{colour}]{chk['verdict']}[/]")
 
 
@@ -141,14 +151,15 @@ def fusion_cv(
         step(head, 0, 1)
         run = cv(store, head, opts, out, on_epoch=lambda h, done, total: step(f"{h}, epochs", done, total))
     if quiet:
-        s = run.metrics["summary"]["roc_auc"]
-        console.print(f"{head}: ROC-AUC {s['pooled']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
+        s = run.metrics["summary"][_headline(run.metrics)]
+        console.print(f"{head}: {_label(run.metrics)} {s['pooled']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
         for w in run.metrics.get("warnings", []):
             err.print(w, style="bold red", soft_wrap=True, highlight=False, markup=False)
         return
     _print_summary(run.metrics)
     if out:
-        console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, curves.png, report.html")
+        figure = "km.png" if run.metrics["target"] == "survival" else "curves.png"
+        console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, {figure}, report.html")
 
 
 @fusion_app.command("bench")
@@ -181,14 +192,20 @@ def fusion_bench(
         rows, runs = bench(store, names, opts, out, on_head=on_head,
                            on_epoch=lambda h, done, total: step(f"{started[h]}, epochs", done, total))
     first = next(iter(runs.values())).metrics
-    t = Table(title=f"leaderboard: {first['n_patients']} patients, positive class {first['positive_class']}"
+    survival = first["target"] == "survival"
+    what = (f"{first['cohort']['survival']['events']} events" if survival else
+            f"positive class {first['positive_class']}")
+    t = Table(title=f"leaderboard: {first['n_patients']} patients, {what}"
               + (" [SIMULATED data]" if first.get("simulated") else ""))
-    for col in ("head", "modalities", "ROC-AUC", "PR-AUC", "F1", "s", "params", "vs best unimodal"):
+    second = ("c_index_uno", "Uno's c") if survival else ("pr_auc", "PR-AUC")
+    for col in ("head", "modalities", _label(first), second[1], *(() if survival else ("F1",)), "s", "params",
+                "vs best unimodal"):
         t.add_column(col)
+    key = _headline(first)
     for r in rows:
-        t.add_row(r["head"], r["modalities"], f"{r['roc_auc']:.3f} [{r['roc_auc_lo']:.3f}, {r['roc_auc_hi']:.3f}]",
-                  f"{r['pr_auc']:.3f}", f"{r['f1']:.3f}", f"{r['seconds']:.1f}", f"{r['params']:,}",
-                  r["vs_best_unimodal"])
+        t.add_row(r["head"], r["modalities"], f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]",
+                  f"{r[second[0]]:.3f}", *(() if survival else (f"{r['f1']:.3f}",)), f"{r['seconds']:.1f}",
+                  f"{r['params']:,}", r["vs_best_unimodal"])
     console.print(t)
     console.print(f"genes: {first['genes']}")
     for h, run in runs.items():
@@ -297,11 +314,11 @@ def fusion_heads() -> None:
     """List the registered heads."""
     from fusion.heads import HEADS
 
-    t = Table(title="heads")
-    for col in ("name", "inputs", "what it is"):
+    t = Table(title="heads (two-class targets: --labels; survival: --survival)")
+    for col in ("name", "inputs", "target", "what it is"):
         t.add_column(col)
     for spec in HEADS.values():
-        t.add_row(spec.name, "+".join(sorted(spec.modalities)), spec.summary)
+        t.add_row(spec.name, "+".join(sorted(spec.modalities)), ", ".join(sorted(spec.targets)), spec.summary)
     console.print(t)
 
 
@@ -326,8 +343,12 @@ def fusion_simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set or tables of the same name in --out")] = False,
     patches_from: Annotated[Optional[Path], typer.Option(help="Draw each bag from this store's real patch features "
                                                          "(a model trained on it then applies to those slides)")] = None,
+    target: Annotated[str, typer.Option(help="binary (labels) | survival (labels, and a survival table 'survival' "
+                                             "whose hazard carries the same signal)")] = "binary",
 ) -> None:
     """Write a SIMULATED cohort with planted signal (documented in fusion/simulate.py)."""
+    if target not in ("binary", "survival"):
+        raise typer.BadParameter(f"--target must be binary or survival, got {target!r}")
     from fusion.simulate import simulate_cohort
 
     ids = labels = None
@@ -338,5 +359,6 @@ def fusion_simulate(
     simulate_cohort(out, patients=patients, patches=patches, dim=dim, genes=genes, gene_signal=gene_signal,
                     image_signal=image_signal, split=image_share, informative_fraction=informative_fraction,
                     image_pattern=image_pattern, null=null, seed=seed, overwrite=overwrite,
-                    patient_ids=ids, labels=labels, labels_out=labels_out, patches_from=patches_from).close()
+                    patient_ids=ids, labels=labels, labels_out=labels_out, patches_from=patches_from,
+                    survival=target == "survival").close()
     console.print(f"[yellow]SIMULATED[/] cohort written to {out}" + (f" (labels: {labels_out})" if labels_out else ""))

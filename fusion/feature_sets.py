@@ -21,7 +21,10 @@ def bench_feature_sets(store_path, feature_sets: list[str], heads: list[str] | s
     same patients (else the folds, and so the comparison, would differ)."""
     if len(feature_sets) < 2 or len(set(feature_sets)) != len(feature_sets):
         raise ValueError(f"--features needs two or more different feature sets to compare, got {feature_sets}")
-    names = list_heads() if heads == "all" else list(heads)
+    if opts.survival is not None:
+        raise ValueError("--features a,b compares feature sets on two-class targets only for now; bench each "
+                         "feature set with --survival on its own")
+    names = list_heads("binary") if heads == "all" else list(heads)
     with _open_existing(store_path) as store:
         missing = [fs for fs in feature_sets if fs not in store.feature_sets()]
         if missing:

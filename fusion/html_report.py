@@ -122,18 +122,18 @@ def _reliability(cal: dict) -> str:
     return _png(fig)
 
 
-def _modality_bars(check: dict) -> str:
+def _modality_bars(check: dict, label: str = "ROC-AUC") -> str:
     plt = _plt()
     names = sorted(check)
-    drop = [check[m]["roc_auc_drop"] for m in names]
+    drop = [check[m]["drop"] for m in names]
     # Error bar lengths from the point estimate; a percentile CI need not contain it (here it missed by one
     # ulp where shuffling a noise input moved nothing), and matplotlib refuses a negative length.
-    lo = [max(0.0, check[m]["roc_auc_drop"] - check[m]["ci95"][0]) for m in names]
-    hi = [max(0.0, check[m]["ci95"][1] - check[m]["roc_auc_drop"]) for m in names]
+    lo = [max(0.0, check[m]["drop"] - check[m]["ci95"][0]) for m in names]
+    hi = [max(0.0, check[m]["ci95"][1] - check[m]["drop"]) for m in names]
     fig, ax = plt.subplots(figsize=(4.2, 2.4))
     ax.barh(names, drop, xerr=[lo, hi], color=["C2" if check[m]["informative"] else "C7" for m in names], capsize=4)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="ROC-AUC drop when shuffled (95% CI)", title="modality check")
+    ax.set(xlabel=f"{label} drop when shuffled (95% CI)", title="modality check")
     fig.tight_layout()
     return _png(fig)
 
@@ -184,14 +184,19 @@ def head_section(result, metrics: dict, p: str = "") -> str:
         f"(raw {_num(f'{p}calibration.before.ece', cal['before']['ece'])})</p></div>")
     check = metrics.get("modality_check")
     if check:
-        verdicts = "; ".join(
-            f"{m}: drop {_num(f'{p}modality_check.{m}.roc_auc_drop', v['roc_auc_drop'])} "
-            f"[{_num(f'{p}modality_check.{m}.ci95.0', v['ci95'][0])}, {_num(f'{p}modality_check.{m}.ci95.1', v['ci95'][1])}]"
-            f" <b class='{'good' if v['informative'] else 'bad'}'>{html.escape(v['verdict'])}</b>"
-            for m, v in sorted(check.items()))
-        out.append(f"<h3>Modality check</h3><div class='plots'>{_modality_bars(check)}<p>{verdicts}</p></div>")
+        out.append(modality_section(check, p))
     out.append("</section>")
     return "\n".join(out)
+
+
+def modality_section(check: dict, p: str = "", label: str = "ROC-AUC") -> str:
+    """The modality check: each input's drop in ``label`` when shuffled, its CI and verdict."""
+    verdicts = "; ".join(
+        f"{m}: drop {_num(f'{p}modality_check.{m}.drop', v['drop'])} "
+        f"[{_num(f'{p}modality_check.{m}.ci95.0', v['ci95'][0])}, {_num(f'{p}modality_check.{m}.ci95.1', v['ci95'][1])}]"
+        f" <b class='{'good' if v['informative'] else 'bad'}'>{html.escape(v['verdict'])}</b>"
+        for m, v in sorted(check.items()))
+    return f"<h3>Modality check</h3><div class='plots'>{_modality_bars(check, label)}<p>{verdicts}</p></div>"
 
 
 def cohort_section(metrics: dict, p: str = "") -> str:
@@ -217,14 +222,14 @@ def cohort_section(metrics: dict, p: str = "") -> str:
     return "\n".join(out)
 
 
-def page(title: str, body: str, simulated: bool) -> str:
+def page(title: str, body: str, simulated: bool,
+         method: str = "calibration and thresholds are fitted on each fold's inner validation rows") -> str:
     banner = ("<p class='banner'>SIMULATED data: image bags and/or genes come from `fusion simulate`; these "
               "figures say nothing about biology.</p>") if simulated else ""
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{banner}{body}"
             "<p class='muted'>Every metric is computed on the pooled out-of-fold predictions of all patients with a "
-            "patient-level bootstrap 95% CI; calibration and thresholds are fitted on each fold's inner validation "
-            f"rows. Written by featstore + fusion.</p>{SELF_CHECK}</body></html>")
+            f"patient-level bootstrap 95% CI; {method}. Written by featstore + fusion.</p>{SELF_CHECK}</body></html>")
 
 
 def write_cv_report(out: Path, result, metrics: dict) -> Path:
@@ -234,16 +239,16 @@ def write_cv_report(out: Path, result, metrics: dict) -> Path:
     return path
 
 
-def verdicts(rows: list[dict], runs: dict) -> list[str]:
+def verdicts(rows: list[dict], runs: dict, label: str = "ROC-AUC") -> list[str]:
     """One sentence per fusion head: what it adds over the best single-modality head (paired bootstrap CI of
-    the ROC-AUC difference on the same patients) and whether it uses each input (the modality check)."""
+    the difference in ``label`` on the same patients) and whether it uses each input (the modality check)."""
     best = next((r["head"] for r in rows if r["vs_best_unimodal"] == "best unimodal"), None)
     out = []
     for r in rows:
         ci = r.get("vs_best_unimodal_ci95")
         if best is None or "+" not in r["modalities"] or not ci:
             continue
-        d = f"{r['vs_best_unimodal_difference']:+.3f} ROC-AUC [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        d = f"{r['vs_best_unimodal_difference']:+.3f} {label} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
         if ci[0] > 0:
             sentence = f"{r['head']} adds {d} over the best single modality, {best}"
         elif ci[1] < 0:
@@ -258,8 +263,8 @@ def verdicts(rows: list[dict], runs: dict) -> list[str]:
     return out
 
 
-def _forest(rows: list[dict]) -> str:
-    """Every head's ROC-AUC difference from the best single-modality head, with its paired 95% CI."""
+def forest(rows: list[dict], label: str = "ROC-AUC") -> str:
+    """Every head's difference in ``label`` from the best single-modality head, with its paired 95% CI."""
     plt = _plt()
     shown = [r for r in rows if r.get("vs_best_unimodal_ci95") or r["vs_best_unimodal"] == "best unimodal"]
     fig, ax = plt.subplots(figsize=(6.2, 0.32 * len(shown) + 1.3))
@@ -271,7 +276,7 @@ def _forest(rows: list[dict]) -> str:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(shown)), [f"{r['head']} ({r['modalities']})" for r in shown])
     ax.invert_yaxis()
-    ax.set(xlabel="ROC-AUC minus the best single modality's (paired 95% CI)")
+    ax.set(xlabel=f"{label} minus the best single modality's (paired 95% CI)")
     fig.tight_layout()
     return _png(fig)
 
@@ -316,7 +321,7 @@ def write_bench_report(out: Path, rows: list[dict], runs: dict, note: str) -> Pa
     answer = ("<h2>Does histology add to expression?</h2>"
               + ("<ul>" + "".join(f"<li class='verdict'>{html.escape(v)}</li>" for v in sentences) + "</ul>"
                  if sentences else "<p>No fusion head was run.</p>")
-              + f"<div class='plots'>{_forest(rows)}{_best_per_modality(rows, runs)}</div>")
+              + f"<div class='plots'>{forest(rows)}{_best_per_modality(rows, runs)}</div>")
     sections = "".join(f"<details id='{html.escape(h)}'><summary>{html.escape(h)}</summary>"
                        f"{head_section(run.result, run.metrics, f'{h}.')}</details>" for h, run in runs.items())
     path = out / "report.html"

@@ -1,4 +1,5 @@
-"""Binary metrics, vectorised over bootstrap resamples, with patient-level CIs and paired comparisons.
+"""Binary metrics, vectorised over bootstrap resamples, with patient-level CIs and paired comparisons; a survival
+outcome (``fusion.survival``) is scored by its concordance indices through the same functions.
 
 scikit-learn computes one metric for one sample; a CI needs thousands, so the metrics are written
 here as array operations over a ``(resamples, n)`` matrix and checked against scikit-learn in tests.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
+
+from fusion.survival import SURVIVAL_METRICS, is_survival, resample_counts, survival_metric
 
 METRICS = ("f1", "pr_auc", "roc_auc", "accuracy", "balanced_accuracy", "brier")
 
@@ -80,12 +83,27 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def metrics_for(y: np.ndarray) -> tuple[str, ...]:
+    """The metrics of a target: the binary ones, or the concordance indices of a survival outcome."""
+    return SURVIVAL_METRICS if is_survival(y) else METRICS
+
+
+def headline(y: np.ndarray) -> str:
+    """The metric a leaderboard ranks by and a modality check is measured in."""
+    return "c_index" if is_survival(y) else "roc_auc"
+
+
 def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed: int = 0,
                      idx: np.ndarray | None = None, cut: np.ndarray | None = None,
-                     metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
+                     metrics: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats;
     ``cut`` (R, P): each patient's threshold (its fold's), else 0.5."""
+    metrics = metrics_for(y) if metrics is None else metrics
     idx = bootstrap_indices(len(y), resamples, seed) if idx is None else idx
+    if is_survival(y):
+        counts = resample_counts(idx, len(y))
+        return {k: np.nanmean([survival_metric(y, oof[r], k, counts) for r in range(oof.shape[0])], axis=0)
+                for k in metrics}
     cut = np.full(oof.shape, 0.5) if cut is None else cut
     per_repeat = [all_metrics(y[idx], oof[r][idx], cut[r][idx], metrics) for r in range(oof.shape[0])]
     return {k: np.nanmean([m[k] for m in per_repeat], axis=0) for k in metrics}
@@ -99,16 +117,18 @@ def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int
     accuracies cut each fold at its own threshold (``thresholds``: (R, folds), chosen on its inner
     validation; 0.5 without), the cut of the confusion matrix."""
     cut = np.full(oof.shape, 0.5) if thresholds is None else np.take_along_axis(thresholds, assign, 1)
+    names = metrics_for(y)
     folds = []
     for r in range(assign.shape[0]):
         for f in np.unique(assign[r]):
             rows = assign[r] == f
-            m = all_metrics(y[rows], oof[r, rows], cut[r, rows])
+            m = ({k: survival_metric(y[rows], oof[r, rows], k) for k in names} if is_survival(y)
+                 else all_metrics(y[rows], oof[r, rows], cut[r, rows]))
             folds.append({"repeat": r, "fold": int(f), "n_test": int(rows.sum()),
                           **{k: _f(v[0]) for k, v in m.items()}})
     boot = pooled_bootstrap(y, oof, resamples, seed, cut=cut)
     summary = {}
-    for k in METRICS:
+    for k in names:
         vals = np.array([f[k] for f in folds], float)
         lo, hi = np.nanpercentile(boot[k], [2.5, 97.5])
         summary[k] = {"pooled": _f(pooled_metric(y, oof, k, cut)), "ci95": [_f(lo), _f(hi)],
@@ -137,6 +157,8 @@ def _f(v) -> float | None:
 def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc", cut: np.ndarray | None = None) -> float:
     """The metric on all patients' pooled out-of-fold predictions, averaged over repeats (``cut``: as in
     :func:`pooled_bootstrap`)."""
+    if is_survival(y):
+        return float(np.nanmean([survival_metric(y, oof[r], metric)[0] for r in range(oof.shape[0])]))
     cut = np.full(oof.shape, 0.5) if cut is None else cut
     return float(np.nanmean([all_metrics(y, oof[r], cut[r], (metric,))[metric][0] for r in range(oof.shape[0])]))
 

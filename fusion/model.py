@@ -80,6 +80,10 @@ def fit(store_path, head: str, opts, out) -> dict:
     threshold) and write a model folder; returns its model.json and the fit's own predictions."""
     from fusion.api import _exclusion, _open_existing, prepare_inputs
 
+    if opts.survival is not None:
+        raise ValueError("fusion fit trains two-class models only for now; for survival, fusion cv and bench "
+                         "--survival report each patient's out-of-fold risk")
+
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
         meta = model_meta(store, cohort, head, opts)

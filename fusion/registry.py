@@ -15,6 +15,7 @@ class HeadSpec:
     kind: str  # "torch" or "sklearn"
     build: Callable
     summary: str
+    targets: frozenset[str] = frozenset({"binary"})  # "binary" (two classes) and/or "survival"
 
     @property
     def multimodal(self) -> bool:
@@ -24,17 +25,18 @@ class HeadSpec:
 HEADS: dict[str, HeadSpec] = {}
 
 
-def register_head(name: str, modalities: set[str], kind: str, summary: str):
+def register_head(name: str, modalities: set[str], kind: str, summary: str, targets: tuple[str, ...] = ("binary",)):
     def deco(build):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
-        HEADS[name] = HeadSpec(name, frozenset(modalities), kind, build, summary)
+        HEADS[name] = HeadSpec(name, frozenset(modalities), kind, build, summary, frozenset(targets))
         return build
     return deco
 
 
-def list_heads() -> list[str]:
-    return list(HEADS)
+def list_heads(target: str | None = None) -> list[str]:
+    """Every registered head, or those that train ``target`` ("binary" or "survival")."""
+    return [n for n, s in HEADS.items() if target is None or target in s.targets]
 
 
 def get_head(name: str) -> HeadSpec:

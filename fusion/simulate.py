@@ -16,6 +16,9 @@ half in each, so only a model that uses both modalities can recover it all. (Wit
   store's feature set instead of N(0, 1) noise, the signal scaled by the patches' own spread, and the
   feature set keeps the real one's encoder settings, so a model trained on the simulated cohort applies
   to (and ``fusion explain`` draws on) the real slides.
+- ``survival=True`` also writes a survival table ``survival`` (months): each patient's event time is exponential
+  with log-hazard ``sqrt(1 - split) * z_g + sqrt(split) * z_i`` (the same score the label thresholds; base
+  rate 1 in 10 months), censored at a uniform time in [0, 30] months, so about 40% of patients have the event.
 - ``null="image"`` gives each patient another patient's bag (a random permutation), ``null="genes"``
   another patient's expression row: that modality then carries no signal about the label at all.
 Everything written is marked ``simulated`` (feature-set config, slide provenance, table provenance).
@@ -31,6 +34,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.provenance import config_hash
+from featstore.records import SurvivalTable
 from featstore.store import ExpressionTable, LabelTable, Store
 from featstore.store import open as open_store
 
@@ -43,7 +47,7 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                     image_pattern: str = "shift", null: str | None = None,
                     seed: int = 0, patient_ids: list[str] | None = None, labels: dict[str, str] | None = None,
                     feature_set: str = "simulated", with_genes: bool = True, labels_out: str | Path | None = None,
-                    overwrite: bool = False, patches_from: str | Path | None = None) -> Store:
+                    overwrite: bool = False, patches_from: str | Path | None = None, survival: bool = False) -> Store:
     """Write a simulated cohort into the store ``out`` (created or extended) and return it open.
 
     With ``patient_ids``/``labels`` (e.g. a real cohort's), image bags are simulated for those patients
@@ -63,10 +67,15 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
         z_g, z_i = rng.standard_normal(patients), rng.standard_normal(patients)
         score = np.sqrt(1 - split) * z_g + np.sqrt(split) * z_i
         y = (score > np.quantile(score, 1 - prevalence)).astype(int)
+        if survival:
+            event_time = rng.exponential(10.0 * np.exp(-score))
+            censor_time = rng.uniform(0, 30, patients)
         label_names = [("Negative", "Positive")[v] for v in y]
     else:
         if labels is None:
             raise ValueError("patient_ids needs labels")
+        if survival:
+            raise ValueError("a survival table is simulated for simulated patients only, not for given ones")
         counts = Counter(labels.values())
         positive = min(counts, key=lambda c: (counts[c], c))
         y = np.array([labels[p] == positive for p in patient_ids], int)
@@ -82,7 +91,8 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
     store = open_store(out, "a")
     clashes = [f"feature set {feature_set!r}"] if feature_set in store.feature_sets() else []
     if with_genes and labels is None:
-        clashes += [f"table {t!r}" for t in ("expression", "labels") if t in store.tables()]
+        clashes += [f"table {t!r}" for t in ("expression", "labels", *(("survival",) if survival else ()))
+                    if t in store.tables()]
     if clashes:
         if not overwrite:
             store.close()
@@ -130,6 +140,10 @@ def simulate_cohort(out: str | Path, patients: int = 200, patches: int = 64, dim
                                                              list(patient_ids), [""] * n, provenance), overwrite=True)
         store.write_labels("labels", LabelTable(list(patient_ids), label_names, label_names,
                                                 {**provenance, "positive_class": "Positive"}), overwrite=True)
+        if survival:
+            store.write_survival("survival", SurvivalTable(
+                list(patient_ids), np.minimum(event_time, censor_time), event_time <= censor_time,
+                {**provenance, "time_unit": "months"}), overwrite=True)
     if labels_out is not None:
         with Path(labels_out).open("w", newline="") as fh:
             w = csv.writer(fh)

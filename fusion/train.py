@@ -23,6 +23,7 @@ from fusion.heads import GENES, IMAGE, HeadSpec, weighted_mean
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
 from fusion.splits import model_rows
+from fusion.survival import is_survival, strata
 from fusion.views import View
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class CVResult:
 def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarray, cfg: TrainConfig,
             exclude_genes: np.ndarray | None = None, rows: list | None = None) -> FoldData:
     """``rows``: (repeat, fold, train, val, test) per model, when not derived from ``assign`` (a final fit)."""
-    rows = rows or model_rows(assign, cohort.y, cfg.inner_val, cfg.seed)
+    rows = rows or model_rows(assign, cohort.strata, cfg.inner_val, cfg.seed)
     p = len(cohort.patient_ids)
     use_g, use_i = GENES in spec.modalities, IMAGE in spec.modalities
     genes_m, tokens_m, fitted = [], [], []
@@ -338,8 +339,13 @@ def cross_validate(cohort: Cohort, head: str | Head, assign: np.ndarray, view: V
         test_idx, test_valid = _padded(data.test)
         thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
         for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
-            rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
-            rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]], cfg.operating_point)
+            if is_survival(y):
+                # A risk score is no probability to calibrate; its cut into risk groups is the validation median.
+                rec["calibrator"] = fit_calibrator(val_probs[i], strata(y[data.val[i]]), "none")
+                rec["threshold"] = float(np.median(val_probs[i]))
+            else:
+                rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
+                rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]], cfg.operating_point)
             thresholds[rec["repeat"], rec["fold"]] = rec["threshold"]
 
         def predict(perm=None, calibrated=True):

@@ -26,12 +26,18 @@ echo "== 4. leaderboard: real genes + real labels, SIMULATED image bags"
 $BIN/fusion bench $STORE --out $OUT/bench --epochs 60
 echo "leaderboard: $OUT/bench/leaderboard.md; the whole run as one page: $OUT/bench/report.html"
 
-echo "== 5. a model trained on every patient, saved, and applied to the store (SIMULATED image bags)"
+echo "== 5. overall survival (REAL Pan-Gyn follow-up of the same patients; SIMULATED image bags): c-index"
+$BIN/featstore import-labels data/mixomics_breast_tcga/overall_survival.csv --store $STORE --name os \
+  --time-column days_to_death,days_to_last_followup --event-column vital_status
+$BIN/fusion bench $STORE --survival os --out $OUT/survival --quiet
+echo "survival leaderboard: $OUT/survival/leaderboard.md; Kaplan-Meier curves: $OUT/survival/report.html"
+
+echo "== 6. a model trained on every patient, saved, and applied to the store (SIMULATED image bags)"
 $BIN/fusion fit $STORE --head cross_attn --out $OUT/model --epochs 60
 $BIN/fusion predict $OUT/model $STORE --out $OUT/predictions.csv
 head -4 $OUT/predictions.csv
 
-echo "== 6. attention heatmaps on the REAL slides: a model fitted to SIMULATED bags drawn from their own patches"
+echo "== 7. attention heatmaps on the REAL slides: a model fitted to SIMULATED bags drawn from their own patches"
 $BIN/fusion simulate --out $OUT/heat-train.zarr --patches-from $OUT/slides.zarr --patients 120 --patches 32 \
   --image-share 1.0 --image-signal 2.0
 $BIN/fusion fit $OUT/heat-train.zarr --head image_abmil --out $OUT/heat-model --epochs 40 --label-map none

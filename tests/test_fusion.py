@@ -25,6 +25,9 @@ from fusion.views import build_view
 
 from .conftest import MIXOMICS
 
+# The two-class heads: what a bench of labels runs (the survival heads have their own tests).
+BINARY = {name: spec for name, spec in HEADS.items() if "binary" in spec.targets}
+
 FAST = TrainConfig(epochs=40, patience=8)
 # Comparisons of heads: each fold's calibration map (fitted on ~40 inner-validation patients) moves the pooled
 # out-of-fold ROC-AUC of every head by about 0.01 either way (benchmarks/calibration.md), noise that has
@@ -154,15 +157,15 @@ def test_fusion_heads_use_both_inputs_and_beat_both_unimodal_heads(sim_split, tm
     """Signal split across the modalities: every fusion head must beat the best gene and image heads."""
     rows, runs = bench(sim_split, "all", CVOptions(label_map=None, train=MODELS_ONLY), out=tmp_path)
     auc = {r["head"]: r["roc_auc"] for r in rows}
-    best_unimodal = max(auc[h] for h, s in HEADS.items() if not s.multimodal)
-    for head, spec in HEADS.items():
+    best_unimodal = max(auc[h] for h, s in BINARY.items() if not s.multimodal)
+    for head, spec in BINARY.items():
         if not spec.multimodal:
             continue
         check = runs[head].metrics["modality_check"]
         for modality in ("genes", "image"):
             # Shuffling either input costs the head accuracy, and the bootstrap CI of that cost excludes 0.
             assert check[modality]["informative"] and check[modality]["ci95"][0] > 0, (head, check)
-            assert check[modality]["roc_auc_drop"] > 0.05, (head, check)
+            assert check[modality]["roc_auc_drop"] == check[modality]["drop"] > 0.05, (head, check)
         assert auc[head] > best_unimodal + 0.03, (head, auc)
     board = (tmp_path / "leaderboard.md").read_text()
     assert "SIMULATED" in board and "best unimodal" in board and "modality check" in board
@@ -178,9 +181,9 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
     rows, runs = bench(path, "all", CVOptions(label_map=None, bootstrap=500, train=MODELS_ONLY), out=tmp_path / "b")
     auc = {r["head"]: r["roc_auc"] for r in rows}
     kept = "genes" if null == "image" else "image"
-    best_kept = max(auc[h] for h, s in HEADS.items() if s.modalities == {kept})
+    best_kept = max(auc[h] for h, s in BINARY.items() if s.modalities == {kept})
     assert best_kept > 0.75, auc
-    for head, spec in HEADS.items():
+    for head, spec in BINARY.items():
         if spec.multimodal:
             assert auc[head] > best_kept - 0.03, (head, auc)
             check = runs[head].metrics["modality_check"]
@@ -193,7 +196,7 @@ def test_fusion_heads_fall_back_on_the_informative_modality(null, tmp_path):
     # A fold model that went back to its warm start ends as the stack baseline refitted on the fold's whole
     # training part (not on its inner-training rows only): the same predictions as `stack` on that test fold.
     stack, back = runs["stack"].result, 0
-    for head, spec in HEADS.items():
+    for head, spec in BINARY.items():
         if spec.multimodal and spec.kind == "torch":
             r = runs[head].result
             for fold, kept in enumerate(runs[head].metrics["trained_kept"]["per_model"]):

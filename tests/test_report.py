@@ -100,7 +100,7 @@ def test_bench_report_renders_in_chromium_with_every_head_and_the_numbers_of_met
     assert parsed.figures == f"{parsed.images}/{parsed.images}" and parsed.images == 2 + 2 * len(heads) + 1
     per_head = {h: json.loads((tmp_path / "b" / h / "metrics.json").read_text()) for h in heads}
     check_numbers(parsed, lambda p: (per_head[p.split(".", 1)[0]], p.split(".", 1)[1]))
-    assert any(p == "concat.modality_check.image.roc_auc_drop" for p, _ in parsed.metrics)
+    assert any(p == "concat.modality_check.image.drop" for p, _ in parsed.metrics)
     text = (tmp_path / "b" / "report.html").read_text()
     assert "SIMULATED data" in text
     # The answer comes first: one sentence per fusion head, above the leaderboard and the folded head sections.
@@ -156,7 +156,7 @@ def test_modality_plot_draws_a_check_whose_point_estimate_sits_an_ulp_outside_it
     ulp in a real bench, and the run failed at its report, after training."""
     from fusion.html_report import _modality_bars
 
-    check = {"genes": {"roc_auc_drop": 0.334, "ci95": [0.220, 0.443], "informative": True},
-             "image": {"roc_auc_drop": -1.1102230246251565e-16, "ci95": [0.0, 1.1102230246251565e-16],
+    check = {"genes": {"drop": 0.334, "ci95": [0.220, 0.443], "informative": True},
+             "image": {"drop": -1.1102230246251565e-16, "ci95": [0.0, 1.1102230246251565e-16],
                        "informative": False}}
     assert _modality_bars(check).startswith('<img alt="" src="data:image/png;base64,')

@@ -1,0 +1,221 @@
+"""Survival targets end to end: the survival table import, the c-index kernel against scikit-survival, the Cox
+heads against scikit-survival's own estimators on the bundled real TCGA-BRCA expression and Pan-Gyn overall
+survival, and a SIMULATED cohort on which stacking must use both inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.errors import InputError
+from featstore.survival import read_survival
+from fusion.api import CVOptions, bench, cv
+from fusion.survival import concordance, resample_counts, surv
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PANGYN = DATA / "tcga_brca_pam50_labels" / "brca_subtype_patient_table.csv"
+OS_COLUMNS = {"time_column": "days_to_death,days_to_last_followup", "event_column": "vital_status"}
+
+
+def _tied_outcome(n: int = 120, seed: int = 0):
+    """Times and risks with ties in both, about 40% censored."""
+    rng = np.random.default_rng(seed)
+    y = surv(rng.random(n) < 0.6, rng.integers(1, 30, n).astype(float))
+    return y, np.round(rng.standard_normal(n), 1)
+
+
+def test_the_concordance_kernel_is_scikit_survivals_on_every_resample():
+    from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
+
+    y, risk = _tied_outcome()
+    assert concordance(y, risk)[0] == pytest.approx(concordance_index_censored(y["event"], y["time"], risk)[0], abs=1e-12)
+    tau = y["time"][y["event"]].max()
+    uno = concordance_index_ipcw(y, y, risk, tau=tau)[0]
+    assert concordance(y, risk, uno=True)[0] == pytest.approx(uno, abs=1e-12)
+    # The bilinear form over resample counts is Harrell's c of the resampled rows, duplicates included.
+    idx = np.random.default_rng(1).integers(0, len(y), (20, len(y)))
+    fast = concordance(y, risk, resample_counts(idx, len(y)))
+    slow = [concordance_index_censored(y["event"][i], y["time"][i], risk[i])[0] for i in idx]
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+    assert not np.allclose(fast, fast[0])  # the resamples differ: the check compared something
+
+
+def test_the_pan_gyn_table_imports_as_overall_survival_and_bad_rows_are_named(tmp_path):
+    with pytest.raises(InputError, match=r"row 196 \(patient TCGA-A8-A082\): time '-31' .* is negative"):
+        read_survival(PANGYN, id_column="patient_barcode", **OS_COLUMNS)
+    table, notes = read_survival(PANGYN, id_column="patient_barcode", skip_bad_times=True, **OS_COLUMNS)
+    rows = list(csv.DictReader(PANGYN.open()))
+    dead = {r["patient_barcode"] for r in rows if r["vital_status"] == "Dead"}
+    assert int(table.event.sum()) == len(dead & set(table.patient_ids)) > 100
+    i = table.patient_ids.index("TCGA-3C-AAAU")  # Alive, days_to_last_followup 4047
+    assert (table.time[i], table.event[i]) == (4047.0, False)
+    assert "TCGA-A8-A082" not in table.patient_ids and any("TCGA-A8-A082" in n for n in notes)
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,time,status\nP1,10,1:DECEASED\nP2,20,0:LIVING\nP3,5,maybe\n")
+    with pytest.raises(InputError, match=r"row 4 \(patient P3\): 'status' is 'maybe', not an event indicator"):
+        read_survival(bad, time_column="time", event_column="status")
+    bad.write_text("patient_id,time,status\nP1,10,0\nP2,20,Alive\nP3,,1\n")
+    with pytest.raises(InputError, match="none of the 2 patients has an event"):
+        read_survival(bad, time_column="time", event_column="status")
+    bad.write_text("patient_id,time,status\nP1,10,1:DECEASED\nP2,20,0:LIVING\nP3,,1\n")
+    table, notes = read_survival(bad, time_column="time", event_column="status", time_unit="months")
+    assert table.patient_ids == ["P1", "P2"] and table.event.tolist() == [True, False]
+    assert "no follow-up time" in notes[1] and table.provenance["time_unit"] == "months"
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_survival_table_round_trips_and_validates(tmp_path, suffix):
+    table, _ = read_survival(PANGYN, id_column="patient_barcode", skip_bad_times=True, **OS_COLUMNS)
+    path = tmp_path / f"s{suffix}"
+    with featstore.writing(path) as s:
+        s.write_survival("os", table)
+    with featstore.open(path) as s:
+        back = s.read_survival()
+        assert s.validate() == []
+        with pytest.raises(featstore.StoreError, match="no labels named 'os'"):
+            s.read_labels("os")
+    assert back.patient_ids == table.patient_ids
+    np.testing.assert_array_equal(back.time, table.time)
+    np.testing.assert_array_equal(back.event, table.event)
+
+
+def _real_survival_store(tmp_path) -> Path:
+    """The bundled mixOmics TCGA-BRCA expression (220 patients x 200 genes) with the Pan-Gyn overall survival of
+    the 218 whose participant code maps to a barcode (data/mixomics_breast_tcga/PROVENANCE.md): derived here
+    from the two sources, and held equal to the derived table the demo reads."""
+    codes = {r["inferred_patient_barcode"]: r["patient_id"]
+             for r in csv.DictReader((DATA / "mixomics_breast_tcga" / "subtype_all.csv").open())
+             if r["inferred_patient_barcode"]}
+    table = tmp_path / "os.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["patient_id", "patient_barcode", "vital_status", "days_to_death", "days_to_last_followup"])
+        for r in csv.DictReader(PANGYN.open()):
+            if r["patient_barcode"] in codes:
+                w.writerow([codes[r["patient_barcode"]], r["patient_barcode"], r["vital_status"], r["days_to_death"],
+                            r["days_to_last_followup"]])
+    assert table.read_text() == (DATA / "mixomics_breast_tcga" / "overall_survival.csv").read_text()
+    path = tmp_path / "brca.zarr"
+    from featstore.tables import read_expression
+
+    expression, _ = read_expression(DATA / "mixomics_breast_tcga" / "mrna_all.csv")
+    survival, _ = read_survival(table, **OS_COLUMNS)
+    with featstore.writing(path) as s:
+        s.write_expression("expression", expression)
+        s.write_survival("os", survival)
+    return path
+
+
+def test_coxnet_on_real_brca_expression_equals_scikit_survivals_own_model_on_the_same_folds(tmp_path):
+    """Overall survival from the bundled expression: our coxnet's pooled c-index beside scikit-survival's own
+    scaled Coxnet pipeline fitted on each fold's training part with the mix and strength our inner CV chose,
+    scored by scikit-survival's c-index (a fold whose inner CV chose the all-zero model predicts one risk for
+    every patient in both)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sksurv.linear_model import CoxnetSurvivalAnalysis
+    from sksurv.metrics import concordance_index_censored
+
+    from fusion.contract import create_head
+    from fusion.cox import fit_coxnet
+    from fusion.train import TrainConfig, prepare
+
+    path = _real_survival_store(tmp_path)
+    run = cv(path, "coxnet", CVOptions(survival="os", bootstrap=200), out=tmp_path / "cv")
+    cohort, assign = run.cohort, run.result.assign
+    y, x = cohort.y, cohort.genes.astype(np.float64)
+    assert run.metrics["cohort"]["survival"]["events"] == int(y["event"].sum()) > 25
+    data = prepare(cohort, None, create_head("coxnet").spec, assign, TrainConfig())
+    reference, fitted = np.zeros(len(y)), 0
+    for i in range(len(data.fitted)):
+        train = np.concatenate([data.train[i], data.val[i]])
+        model = fit_coxnet(data.genes[i].numpy(), y, train, 0)  # the fold's fit, kept by its digest
+        if model is None:
+            continue
+        fitted += 1
+        _, l1_ratio, alphas, k = model.candidate
+        pipe = make_pipeline(StandardScaler(), CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=alphas,
+                                                                      max_iter=100000)).fit(x[train], y[train])
+        reference[data.test[i]] = pipe.predict(x[data.test[i]], alpha=alphas[k])
+    assert fitted >= 3, fitted  # most folds fit a model: the comparison is about models, not constants
+    ours = run.metrics["summary"]["c_index"]["pooled"]
+    theirs = concordance_index_censored(y["event"], y["time"], reference)[0]
+    assert ours == pytest.approx(theirs, abs=0.01), (ours, theirs)
+    # The outputs a user opens: risks per patient, the risk groups with their log-rank test, the page.
+    metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert metrics["target"] == "survival" and set(metrics["risk_groups"]["groups"]) == {"low risk", "high risk"}
+    header = (tmp_path / "cv" / "predictions.csv").read_text().splitlines()[0]
+    assert header == "patient_id,repeat,fold,time,event,risk"
+    assert "Harrell's c-index" in (tmp_path / "cv" / "report.html").read_text()
+
+
+def test_stacking_for_survival_uses_both_inputs_and_a_null_image_is_called_so(tmp_path):
+    """SIMULATED: the hazard carries signal in both modalities (then in the genes only): stack_cox must beat the
+    best single modality with a CI above 0 and use both (and call the null image uninformative)."""
+    from fusion.simulate import simulate_cohort
+
+    for null in (None, "image"):
+        path = tmp_path / f"s{null}.zarr"
+        simulate_cohort(path, patients=300, patches=32, dim=32, genes=60, seed=3, null=null, survival=True,
+                        gene_signal=1.5, image_signal=1.5).close()
+        rows, runs = bench(path, "all", CVOptions(survival="survival", bootstrap=300), out=tmp_path / f"b{null}")
+        board = {r["head"]: r for r in rows}
+        assert set(board) == {"coxnet", "image_coxnet", "stack_cox"}
+        check = runs["stack_cox"].metrics["modality_check"]
+        assert check["genes"]["informative"], check
+        if null is None:
+            assert check["image"]["informative"], check
+            assert board["stack_cox"]["vs_best_unimodal_ci95"][0] > 0, board["stack_cox"]
+        else:
+            assert not check["image"]["informative"], check
+            assert board["stack_cox"]["c_index"] > board["coxnet"]["c_index"] - 0.02, board
+        assert "Does histology add to expression?" in (tmp_path / f"b{null}" / "report.html").read_text()
+    # The page in a real browser: every figure decodes (the forest plot, a Kaplan-Meier plot per head, the
+    # modality check), and every number on it is metrics.json's.
+    from .test_report import check_numbers, render
+
+    parsed, log = render(tmp_path / "bimage" / "report.html", tmp_path)
+    assert "CONSOLE" not in log, [ln for ln in log.splitlines() if "CONSOLE" in ln]
+    assert sorted(parsed.heads) == sorted(board) and parsed.figures == "5/5", (parsed.heads, parsed.figures)
+    per_head = {h: json.loads((tmp_path / "bimage" / h / "metrics.json").read_text()) for h in board}
+    check_numbers(parsed, lambda p: (per_head[p.split(".", 1)[0]], p.split(".", 1)[1]))
+
+
+def test_a_two_class_head_is_refused_on_a_survival_target_naming_the_heads_that_train_it(tmp_path):
+    path = _real_survival_store(tmp_path)
+    with pytest.raises(ValueError, match="head 'logreg' does not train survival targets; the heads that do: coxnet"):
+        cv(path, "logreg", CVOptions(survival="os"))
+    with pytest.raises(ValueError, match="--save-models keeps two-class models only"):
+        CVOptions(survival="os", save_models=True)
+
+
+def test_the_command_line_imports_survival_and_cross_validates_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import featstore_app, fusion_app
+
+    runner = CliRunner(env={"COLUMNS": "250"})
+    store = str(tmp_path / "cli.zarr")
+    args = ["import-labels", str(PANGYN), "--store", store, "--name", "os", "--id-column", "patient_barcode",
+            "--time-column", "days_to_death,days_to_last_followup"]
+    r = runner.invoke(featstore_app, args)
+    assert r.exit_code != 0 and "needs both --time-column and --event-column" in r.output, r.output
+    r = runner.invoke(featstore_app, [*args, "--event-column", "vital_status"])
+    assert r.exit_code != 0 and "row 196 (patient TCGA-A8-A082)" in r.output and "--skip-bad-times" in r.output
+    assert not (tmp_path / "cli.zarr").exists()  # a refused import leaves no store behind
+    r = runner.invoke(featstore_app, [*args, "--event-column", "vital_status", "--skip-bad-times"])
+    assert r.exit_code == 0 and "survival of 1085 patients" in r.output, r.output
+    r = runner.invoke(fusion_app, ["simulate", "--out", str(tmp_path / "sim.zarr"), "--patients", "120", "--target",
+                                   "survival", "--genes", "30", "--patches", "8", "--dim", "8"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(fusion_app, ["cv", str(tmp_path / "sim.zarr"), "--head", "coxnet", "--survival", "survival",
+                                   "--quiet", "--bootstrap", "100"])
+    assert r.exit_code == 0 and "coxnet: c-index 0." in r.output, r.output
+    r = runner.invoke(fusion_app, ["cv", str(tmp_path / "sim.zarr"), "--head", "cross_attn", "--survival", "survival"])
+    assert r.exit_code != 0 and "does not train survival targets" in r.output, r.output
