@@ -36,10 +36,12 @@ sys.path.insert(0, str(ROOT))
 import featstore  # noqa: E402
 from featstore.tables import import_genes, import_labels  # noqa: E402
 from fusion.api import CVOptions, bench  # noqa: E402
-from fusion.heads import HEADS  # noqa: E402
+from fusion.heads import get_head, list_heads  # noqa: E402
 from fusion.metrics import paired_difference, pooled_metric  # noqa: E402
 from fusion.simulate import simulate_cohort  # noqa: E402
 from fusion.train import TrainConfig  # noqa: E402
+
+HEADS = {h: get_head(h) for h in list_heads("binary")}  # the grid's targets are two-class
 
 COMMON = dict(patches=32, dim=1024, genes=2000, n_informative_genes=20, gene_signal=0.5, image_signal=2.0, seed=0)
 

@@ -63,21 +63,26 @@ def _fit_coxnet(x: np.ndarray, y: np.ndarray, rows: np.ndarray, seed: int, folds
 
     xs, mean, std = _scaled(x, rows)
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, y["event"][rows]))
-    best = (-np.inf, None)
+    best = (0.5, None)  # to be chosen, a model must rank held-out patients better than one risk for all
     for l1_ratio in L1_RATIOS:
-        _, alphas = _fit_path(xs[rows], y[rows], l1_ratio)
-        scores = np.zeros(len(alphas))
-        for a, b in splits:
-            coef, _ = _fit_path(xs[rows[a]], y[rows[a]], l1_ratio, alphas)
-            risk = xs[rows[b]] @ coef  # (rows, alphas)
-            scores += np.nan_to_num([concordance(y[rows[b]], risk[:, k])[0] for k in range(len(alphas))], nan=0.5)
+        try:
+            _, alphas = _fit_path(xs[rows], y[rows], l1_ratio)
+            scores = np.zeros(len(alphas))
+            for a, b in splits:
+                coef, _ = _fit_path(xs[rows[a]], y[rows[a]], l1_ratio, alphas)
+                risk = xs[rows[b]] @ coef  # (rows, alphas)
+                scores += np.nan_to_num([concordance(y[rows[b]], risk[:, k])[0] for k in range(len(alphas))], nan=0.5)
+        except ArithmeticError:  # Coxnet's coordinate descent diverged on this mix: it is no candidate
+            continue
         scores /= folds
         k = int(np.argmax(scores))  # the first best: the strongest penalty among equals
         if scores[k] > best[0]:
             best = (scores[k], (l1_ratio, tuple(map(float, alphas)), k))
+    if best[1] is None:
+        return None
     l1_ratio, alphas, k = best[1]
     coef, _ = _fit_path(xs[rows], y[rows], l1_ratio, np.array(alphas))
-    if best[0] <= 0.5 or not np.any(coef[:, k]):
+    if not np.any(coef[:, k]):
         return None
     return _as_linear(coef[:, k], mean, std, ("coxnet", l1_ratio, alphas, k))
 

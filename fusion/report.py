@@ -49,15 +49,20 @@ def plot_curves(path: Path, result, metrics: dict) -> None:
     plt.close(fig)
 
 
-def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> None:
+def write_leaderboard_csv(out: Path, rows: list[dict], metrics: tuple[str, ...]) -> None:
+    """leaderboard.csv: one row per head, each metric with its CI and fold mean and spread."""
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["head", "modalities"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi", "_fold_mean", "_fold_std")] + \
+    cols = ["head", "modalities"] + [f"{m}{s}" for m in metrics for s in ("", "_lo", "_hi", "_fold_mean", "_fold_std")] + \
         ["seconds", "params", "vs_best_unimodal", "within_noise", "modality_check"]
     with (out / "leaderboard.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, cols)
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k) for k in cols})
+
+
+def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> None:
+    write_leaderboard_csv(out, rows, METRICS)
     lines = [f"# Leaderboard (positive class: {positive})", "", note, "",
              "| head | modalities | ROC-AUC [95% CI] | ROC-AUC fold mean ± sd | PR-AUC [95% CI] | F1 [95% CI] | "
              "bal. acc. [95% CI] | seconds | params | vs best unimodal (ROC-AUC) | modality check (ROC-AUC drop when "

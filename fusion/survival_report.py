@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from fusion.html_report import _fmt, _num, _plt, _png, cohort_section, forest, modality_section, page, verdicts
-from fusion.report import _default, _r3
+from fusion.report import _default, _r3, write_leaderboard_csv
 from fusion.splits import write_splits
 from fusion.survival import SURVIVAL_METRICS
 
@@ -82,15 +82,7 @@ def head_section(metrics: dict, p: str = "") -> str:
 def write_survival_leaderboard(out: Path, rows: list[dict], runs: dict, note: str) -> None:
     """leaderboard.csv, leaderboard.md and report.html of a survival bench: the answer first (what each fusion
     head adds over the best single modality, in c-index), then the table and every head's section."""
-    out.mkdir(parents=True, exist_ok=True)
-    cols = ["head", "modalities"] + [f"{m}{s}" for m in SURVIVAL_METRICS for s in ("", "_lo", "_hi", "_fold_mean",
-                                                                                     "_fold_std")] + \
-        ["seconds", "params", "vs_best_unimodal", "within_noise", "modality_check"]
-    with (out / "leaderboard.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in cols})
+    write_leaderboard_csv(out, rows, SURVIVAL_METRICS)
     lines = ["# Leaderboard (survival)", "", note, "",
              "| head | modalities | c-index [95% CI] | fold mean ± sd | Uno's c [95% CI] | seconds | params | "
              "vs best unimodal (c-index) | modality check (c-index drop when shuffled) |", "|---|---|---|---|---|---|---|---|---|"]
