@@ -73,6 +73,9 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
     elif labels_csv is not None:
         table, _ = read_labels(labels_csv, id_column=label_id_column, label_column=label_column, label_map=label_map)
     else:
+        if labels is None and not store.tables("labels") and store.tables("survival"):
+            raise StoreError(f"store {store.path} has no labels table, and a survival table "
+                             f"({', '.join(store.tables('survival'))}): train on it with --survival NAME")
         labels = store.resolve("labels", labels)
         table = store.read_labels(labels)
     if survival is None:

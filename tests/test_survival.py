@@ -191,6 +191,9 @@ def test_a_two_class_head_is_refused_on_a_survival_target_naming_the_heads_that_
     path = _real_survival_store(tmp_path)
     with pytest.raises(ValueError, match="head 'logreg' does not train survival targets; the heads that do: coxnet"):
         cv(path, "logreg", CVOptions(survival="os"))
+    with pytest.raises(featstore.StoreError, match=r"no labels table, and a survival table \(os\): train on it with "
+                                                   "--survival NAME"):
+        cv(path, "logreg", CVOptions())
     with pytest.raises(ValueError, match="--save-models keeps two-class models only"):
         CVOptions(survival="os", save_models=True)
 
