@@ -25,7 +25,7 @@ from fusion.model import model_meta, save_model
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
-from fusion.survival import risk_groups
+from fusion.survival import risk_groups, time_dependent_auc
 from fusion.survival_report import write_survival_cv, write_survival_leaderboard
 from fusion.train import CVResult, TrainConfig, cross_validate
 from fusion.views import View, build_view
@@ -222,6 +222,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     }
     if cohort.target == "survival":
         metrics["risk_groups"] = risk_groups(cohort.y, result.oof, np.take_along_axis(result.thresholds, assign, 1))
+        metrics["time_dependent_auc"] = time_dependent_auc(cohort.y, result.oof)
     else:
         metrics["operating_point"] = operating_point(cohort.y, result.oof, result.thresholds, assign,
                                                      opts.train.operating_point)

@@ -109,3 +109,22 @@ def risk_groups(y: np.ndarray, oof: np.ndarray, cut: np.ndarray) -> dict:
         _, p = compare_survival(y, high.astype(int))
         out["logrank_p"] = float(p)
     return out
+
+
+def time_dependent_auc(y: np.ndarray, oof: np.ndarray) -> dict | None:
+    """Cumulative/dynamic ROC-AUC (scikit-survival's ``cumulative_dynamic_auc``) of the pooled out-of-fold risks at
+    the quartiles of the event times: how well the risks separate the patients who had the event by then from
+    those still without it, averaged over repeats. None where it is undefined (too few events)."""
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    event_times = y["time"][y["event"]]
+    times = np.unique(np.quantile(event_times, [0.25, 0.5, 0.75])) if len(event_times) >= 4 else np.array([])
+    times = times[(times >= y["time"].min()) & (times < y["time"].max())]
+    if not len(times):
+        return None
+    try:
+        runs = [cumulative_dynamic_auc(y, y, oof[r], times) for r in range(oof.shape[0])]
+    except ValueError:
+        return None
+    return {"times": times.tolist(), "auc": np.mean([a for a, _ in runs], axis=0).tolist(),
+            "mean_auc": float(np.mean([m for _, m in runs])), "at": "quartiles of the event times"}

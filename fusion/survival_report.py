@@ -71,12 +71,23 @@ def head_section(metrics: dict, p: str = "") -> str:
            "</table>",
            f"<div class='plots'>{km}<p>High and low risk: {html.escape(groups['cut'])}. Log-rank p "
            f"{_num(f'{p}risk_groups.logrank_p', groups['logrank_p'])}.</p></div>",
+           _time_auc(metrics.get("time_dependent_auc"), metrics["cohort"]["survival"]["time_unit"], p),
            "<details><summary>per fold</summary><table><tr><th>repeat</th><th>fold</th><th>patients</th>"
            + "".join(f"<th>{LABELS[m]}</th>" for m in SURVIVAL_METRICS) + f"</tr>{folds}</table></details>"]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "c-index"))
     out.append("</section>")
     return "\n".join(out)
+
+
+def _time_auc(tdauc: dict | None, unit: str, p: str) -> str:
+    if not tdauc:
+        return "<p>Time-dependent ROC-AUC: undefined here (too few events).</p>"
+    cells = "".join(f"<td>{_num(f'{p}time_dependent_auc.auc.{i}', a)}</td>" for i, a in enumerate(tdauc["auc"]))
+    return (f"<p>Time-dependent (cumulative/dynamic) ROC-AUC at the {html.escape(tdauc['at'])}:</p><table><tr><th>"
+            f"time ({html.escape(unit)})</th>" + "".join(f"<th>{t:g}</th>" for t in tdauc["times"])
+            + f"<th>mean</th></tr><tr><td>ROC-AUC</td>{cells}<td>{_num(f'{p}time_dependent_auc.mean_auc', tdauc['mean_auc'])}"
+            "</td></tr></table>")
 
 
 def write_survival_leaderboard(out: Path, rows: list[dict], runs: dict, note: str) -> None:

@@ -150,6 +150,11 @@ def test_coxnet_on_real_brca_expression_equals_scikit_survivals_own_model_on_the
     # The outputs a user opens: risks per patient, the risk groups with their log-rank test, the page.
     metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
     assert metrics["target"] == "survival" and set(metrics["risk_groups"]["groups"]) == {"low risk", "high risk"}
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    tdauc = metrics["time_dependent_auc"]
+    assert len(tdauc["times"]) == 3 and tdauc["mean_auc"] == pytest.approx(
+        cumulative_dynamic_auc(y, y, run.result.oof[0], tdauc["times"])[1])
     header = (tmp_path / "cv" / "predictions.csv").read_text().splitlines()[0]
     assert header == "patient_id,repeat,fold,time,event,risk"
     assert "Harrell's c-index" in (tmp_path / "cv" / "report.html").read_text()
