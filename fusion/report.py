@@ -69,14 +69,11 @@ def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> 
              "shuffled) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(r: dict, m: str) -> str:
-        return f"{_r3(r[m])} [{_r3(r[f'{m}_lo'])}, {_r3(r[f'{m}_hi'])}]"
-
     for r in rows:
-        lines.append(f"| {r['head']} | {r['modalities']} | {cell(r, 'roc_auc')} | "
-                     f"{_r3(r['roc_auc_fold_mean'])} ± {_r3(r['roc_auc_fold_std'])} | {cell(r, 'pr_auc')} | {cell(r, 'f1')} | "
-                     f"{cell(r, 'balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} | "
-                     f"{r.get('modality_check', '')} |")
+        lines.append(f"| {r['head']} | {r['modalities']} | {ci_cell(r, 'roc_auc')} | "
+                     f"{_r3(r['roc_auc_fold_mean'])} ± {_r3(r['roc_auc_fold_std'])} | {ci_cell(r, 'pr_auc')} | "
+                     f"{ci_cell(r, 'f1')} | {ci_cell(r, 'balanced_accuracy')} | {r['seconds']:.1f} | {r['params']:,} | "
+                     f"{r['vs_best_unimodal']} | {r.get('modality_check', '')} |")
     lines += ["", "Each metric is computed on the pooled out-of-fold predictions of all patients, with a 95% CI from a "
               "patient-level bootstrap of those predictions; the fold mean ± sd is shown apart. "
               "'within noise': the paired bootstrap CI of the ROC-AUC difference to the best unimodal head "
@@ -84,6 +81,11 @@ def write_leaderboard(out: Path, rows: list[dict], positive: str, note: str) -> 
               "test fold (5 permutations), with a paired patient-bootstrap 95% CI; an input whose CI reaches 0 "
               "adds nothing measurable."]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+
+
+def ci_cell(r: dict, m: str) -> str:
+    """A leaderboard row's metric ``m`` with its 95% CI, to 3 decimals."""
+    return f"{_r3(r[m])} [{_r3(r[f'{m}_lo'])}, {_r3(r[f'{m}_hi'])}]"
 
 
 def _r3(v) -> str:

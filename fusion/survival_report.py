@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from fusion.html_report import _fmt, _num, _plt, _png, cohort_section, forest, modality_section, page, verdicts
-from fusion.report import _default, _r3, write_leaderboard_csv
+from fusion.report import _default, _r3, ci_cell, write_leaderboard_csv
 from fusion.splits import write_splits
 from fusion.survival import SURVIVAL_METRICS
 
@@ -98,9 +98,8 @@ def write_survival_leaderboard(out: Path, rows: list[dict], runs: dict, note: st
              "| head | modalities | c-index [95% CI] | fold mean ± sd | Uno's c [95% CI] | seconds | params | "
              "vs best unimodal (c-index) | modality check (c-index drop when shuffled) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['head']} | {r['modalities']} | {_r3(r['c_index'])} [{_r3(r['c_index_lo'])}, "
-                     f"{_r3(r['c_index_hi'])}] | {_r3(r['c_index_fold_mean'])} ± {_r3(r['c_index_fold_std'])} | "
-                     f"{_r3(r['c_index_uno'])} [{_r3(r['c_index_uno_lo'])}, {_r3(r['c_index_uno_hi'])}] | "
+        lines.append(f"| {r['head']} | {r['modalities']} | {ci_cell(r, 'c_index')} | "
+                     f"{_r3(r['c_index_fold_mean'])} ± {_r3(r['c_index_fold_std'])} | {ci_cell(r, 'c_index_uno')} | "
                      f"{r['seconds']:.1f} | {r['params']:,} | {r['vs_best_unimodal']} | {r.get('modality_check', '')} |")
     lines += ["", "Harrell's c-index on the pooled out-of-fold risks of all patients, with a 95% CI from a patient-level "
               "bootstrap; 'within noise': the paired bootstrap CI of the difference to the best unimodal head contains "
