@@ -27,7 +27,7 @@ PAM50_CALLS = ("LumA", "LumB", "Basal", "Her2", "Normal")
 LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "pam50-binary": {"LumA": "Luminal", "LumB": "Luminal", "Basal": "Basal_Her2", "Her2": "Basal_Her2",
                      "Normal": None},
-    "pam50": {c: c for c in PAM50_CALLS},  # the five calls, any spelling; fusion trains one against the rest
+    "pam50": {c: c for c in PAM50_CALLS},  # the five calls, any spelling: a multi-class target (or --positive)
 }
 POSITIVE_CLASS = {"pam50-binary": "Basal_Her2"}
 
@@ -377,7 +377,7 @@ def _check_classes(path: Path, column: str, labels: list[str]) -> None:
                      f"only{', all numbers' if numeric else ''}), not classes" +
                      (": a time or a measurement, not a class; a follow-up time is imported as a survival table "
                       "(--time-column and --event-column)"
-                      if numeric else f"; fusion trains up to {MAX_CLASSES} classes (one against the rest with "
+                      if numeric else f"; fusion trains up to {MAX_CLASSES} classes (all at once, or one against the rest with "
                       "--positive), so give a column of classes"))
 
 

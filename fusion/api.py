@@ -14,14 +14,16 @@ import numpy as np
 import featstore
 from featstore.errors import StoreError
 from featstore.tables import LABEL_MAPS
+from fusion import multiclass as mc
 from fusion.calibration import operating_point, reliability
-from fusion.cohort import Cohort, load_cohort
+from fusion.cohort import Cohort, label_target, load_cohort
 from fusion.contract import create_head
 from fusion.fallback import FALLBACKS
 from fusion.heads import GENES, IMAGE, get_head, list_heads
 from fusion.html_report import write_bench_report, write_cv_report
 from fusion.metrics import headline, metrics_for, paired_difference, permutation_importance, summarise
 from fusion.model import model_meta, save_model
+from fusion.multiclass_report import write_multiclass_cv, write_multiclass_leaderboard
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
@@ -57,9 +59,11 @@ class CVOptions:
     survival: str | None = option(None, "A survival table of the store (featstore import-labels --time-column "
                                         "--event-column) to train on instead of labels: the survival heads, scored "
                                         "by c-index")
-    label_map: str | None = option("pam50-binary", "pam50-binary | pam50 (five calls: with --positive) | none")
+    label_map: str | None = option("pam50-binary", "pam50-binary | pam50 (the five calls: a multi-class target) | "
+                                                   "none")
     positive: str | None = option(None, "One class against all the others (one-vs-rest), for labels of more than "
-                                        "two classes, e.g. --positive Basal on five PAM50 calls")
+                                        "two classes, e.g. --positive Basal on five PAM50 calls; without it such "
+                                        "labels train every class at once (softmax)")
     folds: int = option(5, "K in K-fold")
     repeats: int = option(1, "Repeats with new shuffles")
     seed: int = option(0, "Seed for splits, initialisation and bootstrap")
@@ -71,8 +75,8 @@ class CVOptions:
     view_method: str = option("kmeans", "kmeans (prototypes) | sample (random patches)")
     bootstrap: int = option(1000, "Bootstrap resamples for the CIs")
     strict: bool = option(False, "With --missing mask, refuse when having a modality predicts the label")
-    save_models: bool = option(False, "Keep each fold's model under <out>/<head>/models/ (torch heads), for "
-                                      "fusion predict to average")
+    save_models: bool = option(False, "Keep each fold's model under <out>/<head>/models/, for fusion predict to "
+                                      "average")
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -212,9 +216,12 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     result = cross_validate(cohort, resolved, assign, view, opts.train, exclude,
                             on_epoch=None if on_epoch is None else lambda done, total: on_epoch(head, done, total))
     folds, summary = summarise(cohort.y, result.oof, assign, opts.bootstrap, opts.seed, result.thresholds)
+    multiclass = cohort.target == "multiclass"
+    classes = ({"classes": list(cohort.classes), "per_class": per_class(summary, folds, cohort)} if multiclass else
+               {"positive_class": cohort.classes[1], "negative_class": cohort.classes[0]})
     metrics = {
         "head": head, "target": cohort.target, "modalities": sorted(spec.modalities),
-        "n_patients": len(cohort.patient_ids), "positive_class": cohort.classes[1], "negative_class": cohort.classes[0],
+        "n_patients": len(cohort.patient_ids), **classes,
         "split": {"by": opts.split if not opts.splits_file else f"file:{opts.splits_file}", "folds": int(assign.max() + 1),
                   "repeats": int(assign.shape[0]), "seed": opts.seed, "balance": split_balance(assign, cohort.strata)},
         "folds": folds, "summary": summary, "seconds": round(result.seconds, 3), "params": result.n_params,
@@ -223,6 +230,13 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     if cohort.target == "survival":
         metrics["risk_groups"] = risk_groups(cohort.y, result.oof, np.take_along_axis(result.thresholds, assign, 1))
         metrics["time_dependent_auc"] = time_dependent_auc(cohort.y, result.oof)
+    elif multiclass:
+        metrics["operating_point"] = mc.operating_point(cohort.y, result.oof, cohort.classes)
+        metrics["calibration"] = {
+            "method": "temperature" if opts.train.calibrate == "platt" else "none",
+            "fitted_on": "inner validation rows of each fold",
+            "after": mc.reliability_per_class(cohort.y, result.oof, cohort.classes),
+            "before": mc.reliability_per_class(cohort.y, result.uncalibrated, cohort.classes)}
     else:
         metrics["operating_point"] = operating_point(cohort.y, result.oof, result.thresholds, assign,
                                                      opts.train.operating_point)
@@ -250,6 +264,8 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     if out is not None:
         if cohort.target == "survival":
             write_survival_cv(Path(out), result, metrics)
+        elif multiclass:
+            write_multiclass_cv(Path(out), result, metrics)
         else:
             write_cv(Path(out), result, metrics)
             write_cv_report(Path(out), result, metrics)
@@ -257,6 +273,16 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
             for i, rec in enumerate(result.fitted):
                 save_model(Path(out) / "models" / f"repeat{rec['repeat']}_fold{rec['fold']}", result, i, model_info)
     return CVRun(result, metrics, cohort)
+
+
+def per_class(summary: dict, folds: list[dict], cohort: Cohort) -> dict:
+    """A multi-class summary's one-vs-rest ROC-AUC of each class (``roc_auc[k]``), moved under the class's name
+    with its patient count; the summary and the folds keep the macro metrics."""
+    out = {c: {"patients": cohort.summary["classes"][c], "roc_auc": summary.pop(f"roc_auc[{k}]")}
+           for k, c in enumerate(cohort.classes)}
+    for f in folds:
+        f["roc_auc_per_class"] = {c: f.pop(f"roc_auc[{k}]") for k, c in enumerate(cohort.classes)}
+    return out
 
 
 LEAK_AUC = 0.6
@@ -273,8 +299,10 @@ def missingness_leak(cohort: Cohort, modalities: frozenset[str]) -> dict | None:
     for m in sorted(modalities):
         if present[m].all() or not present[m].any():
             continue
-        a = float(roc_auc(cohort.strata, present[m].astype(float))[0])
-        aucs[m] = max(a, 1 - a)
+        # Each class against the rest (for two classes, the positive one): the class presence tells best.
+        cuts = range(len(cohort.classes)) if cohort.target == "multiclass" else [1]
+        a = np.array([roc_auc((cohort.strata == k).astype(int), present[m].astype(float))[0] for k in cuts])
+        aucs[m] = float(np.max(np.maximum(a, 1 - a)))
     worst = max(aucs, key=aucs.get, default=None)
     if worst is None or aucs[worst] <= LEAK_AUC:
         return None
@@ -339,12 +367,12 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
     """Every head on identical folds and patients; leaderboard rows sorted by pooled out-of-fold ROC-AUC.
     ``on_head(head, done, total)`` is called as each head starts, ``on_epoch(head, done, total)`` as a torch
     head's epochs pass (a progress bar)."""
-    target = "binary" if opts.survival is None else "survival"
-    names = list_heads(target) if heads == "all" else list(heads)
-    for h in names:
-        check_target(h, target)
     t0 = time.perf_counter()
     with _open_existing(store_path) as store:
+        target = label_target(store, opts.labels, opts.labels_csv, opts.label_map, opts.positive, opts.survival)
+        names = list_heads(target) if heads == "all" else list(heads)
+        for h in names:
+            check_target(h, target)
         cohort, view = prepare_inputs(store, names, opts)
         simulated = _is_simulated(store, cohort)
         prov = provenance(store, cohort)
@@ -364,7 +392,7 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
         s = run.metrics["summary"]
         row = {"head": h, "modalities": "+".join(sorted(get_head(h).modalities)), "seconds": run.metrics["seconds"],
                "params": run.metrics["params"]}
-        for m in metrics_for(cohort.y):
+        for m in metrics_for(cohort.y, run.result.oof):
             row.update({m: s[m]["pooled"], f"{m}_lo": s[m]["ci95"][0], f"{m}_hi": s[m]["ci95"][1],
                         f"{m}_fold_mean": s[m]["fold_mean"], f"{m}_fold_std": s[m]["fold_std"]})
         if best_uni and h != best_uni:
@@ -390,6 +418,8 @@ def bench(store_path: str | Path | featstore.Store, heads: list[str] | str = "al
             note += f"\n\n**{w}**"
         if cohort.target == "survival":
             write_survival_leaderboard(Path(out), rows, runs, note)
+        elif cohort.target == "multiclass":
+            write_multiclass_leaderboard(Path(out), rows, runs, note)
         else:
             write_leaderboard(Path(out), rows, cohort.classes[1], note)
             write_bench_report(Path(out), rows, runs, note)

@@ -6,11 +6,13 @@ import numpy as np
 
 import fusion.heads  # noqa: F401 - the torch heads register first, whichever module is imported first
 from fusion.logistic import fit_logistic, fit_stack, linear_weights
-from fusion.registry import GENES, IMAGE, register_head
+from fusion.multinomial import SoftmaxPredictor, balanced_weights, fit_multinomial, fit_multinomial_stack
+from fusion.registry import CLASS_TARGETS, GENES, IMAGE, register_head
 
 # ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
-# A builder ``(*, seed, threads)`` returns ``fit(inputs, y, train, val) -> (predictor, parameter count)``, where
-# ``predictor(inputs)`` gives P(positive) for every row. ``inputs`` maps a modality to one row per patient
+# A builder ``(*, seed, threads)`` (and ``classes=C`` for a target of C > 2 classes) returns ``fit(inputs, y, train,
+# val) -> (predictor, parameter count)``, where ``predictor(inputs)`` gives P(positive) for every row, or (rows, C)
+# class probabilities. ``inputs`` maps a modality to one row per patient
 # (genes: the fold-locally scaled genes; image: the bag mean of the fold-locally projected tokens); only
 # the ``train``/``val`` rows are fitted on. A predictor saves itself as plain arrays (``arrays()``, read back
 # by ``load_predictor``; XGBoost as its own JSON), never as a pickle, so every head can be deployed.
@@ -69,29 +71,36 @@ def load_predictor(arrays: dict[str, np.ndarray], modalities: list[str]):
         booster = Booster()
         booster.load_model(bytearray(arrays["xgboost_json"].tobytes()))
         return XGBoostPredictor(booster)
+    if "softmax_coef" in arrays:
+        return SoftmaxPredictor.from_arrays(arrays, modalities)
     order = sorted(modalities)
     return LinearPredictor(order, [arrays[f"w_{m}"] for m in order], arrays["b"], arrays["coef"], float(arrays["bias"]))
 
 
 @register_head("logreg", {GENES}, "sklearn",
                "Logistic regression on the fold-locally scaled genes (scikit-learn): L1 or L2 at several strengths, "
-               "or L2 on the genes of largest F statistic, chosen by inner CV on the fold's training part.")
-def _logreg(*, seed: int, threads: int):
-    return _linear(GENES, seed)
+               "or L2 on the genes of largest F statistic, chosen by inner CV on the fold's training part; "
+               "multinomial (softmax) for more than two classes.", CLASS_TARGETS)
+def _logreg(*, seed: int, threads: int, classes: int = 2):
+    return _linear(GENES, seed, classes)
 
 
 @register_head("image_logreg", {IMAGE}, "sklearn",
                "Logistic regression on the bag mean of the fold-locally projected tokens, L1 or L2 and its "
-               "strength chosen by inner CV: the linear bar for the image, as logreg is for the genes.")
-def _image_logreg(*, seed: int, threads: int):
-    return _linear(IMAGE, seed)
+               "strength chosen by inner CV: the linear bar for the image, as logreg is for the genes.", CLASS_TARGETS)
+def _image_logreg(*, seed: int, threads: int, classes: int = 2):
+    return _linear(IMAGE, seed, classes)
 
 
-def _linear(modality: str, seed: int):
+def _linear(modality: str, seed: int, classes: int = 2):
     def fit(inputs, y, tr, val):
-        model = fit_logistic(inputs[modality], y, np.concatenate([tr, val]), seed)
-        return (LinearPredictor.of([modality], [model], [inputs[modality].shape[1]]),
-                1 + (0 if model is None else _n_weights(model)))
+        rows, d = np.concatenate([tr, val]), inputs[modality].shape[1]
+        if classes > 2:
+            predictor = SoftmaxPredictor.of([modality], [fit_multinomial(inputs[modality], y, rows, classes, seed)],
+                                            [d], classes)
+            return predictor, predictor.n_weights()
+        model = fit_logistic(inputs[modality], y, rows, seed)
+        return LinearPredictor.of([modality], [model], [d]), 1 + (0 if model is None else _n_weights(model))
     return fit
 
 
@@ -100,18 +109,23 @@ def _n_weights(model) -> int:
 
 
 @register_head("xgboost", {GENES}, "sklearn",
-               "Gradient-boosted trees (XGBoost) with early stopping on the inner validation split.")
-def _xgboost(*, seed: int, threads: int):
+               "Gradient-boosted trees (XGBoost) with early stopping on the inner validation split; softmax "
+               "objective for more than two classes.", CLASS_TARGETS)
+def _xgboost(*, seed: int, threads: int, classes: int = 2):
     from xgboost import XGBClassifier
 
     def fit(inputs, y, tr, val):
         x = inputs[GENES]
-        pos = max(y[tr].sum(), 1)
+        if classes > 2:  # every class weighted as scale_pos_weight weighs two: balanced
+            weight = {"sample_weight": balanced_weights(y[tr], classes)}
+            options = {"objective": "multi:softprob", "num_class": classes, "eval_metric": "mlogloss"}
+        else:
+            pos = max(y[tr].sum(), 1)
+            weight, options = {}, {"eval_metric": "logloss", "scale_pos_weight": (len(tr) - pos) / pos}
         model = XGBClassifier(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
-                              colsample_bytree=0.5, early_stopping_rounds=30, eval_metric="logloss",
-                              scale_pos_weight=(len(tr) - pos) / pos, random_state=seed, n_jobs=threads,
-                              tree_method="hist")
-        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False)
+                              colsample_bytree=0.5, early_stopping_rounds=30, random_state=seed, n_jobs=threads,
+                              tree_method="hist", **options)
+        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False, **weight)
         booster = model.get_booster()
         # A saved booster predicts with every tree; keep exactly the ones early stopping chose.
         booster = booster[: model.best_iteration + 1] if getattr(model, "best_iteration", None) is not None else booster
@@ -124,12 +138,17 @@ def _xgboost(*, seed: int, threads: int):
 @register_head("stack", {GENES, IMAGE}, "sklearn",
                "Stacking, the simplest learned late fusion: a gene logistic regression and an image logistic "
                "regression (on the bag mean), their inner-CV out-of-fold logits combined by a logistic "
-               "meta-learner; everything fitted on the fold's training part.")
-def _stack(*, seed: int, threads: int, inner_folds: int = 5):
+               "meta-learner; everything fitted on the fold's training part.", CLASS_TARGETS)
+def _stack(*, seed: int, threads: int, inner_folds: int = 5, classes: int = 2):
     def fit(inputs, y, tr, val):
+        dims = [inputs[GENES].shape[1], inputs[IMAGE].shape[1]]
+        if classes > 2:
+            stack = fit_multinomial_stack([inputs[GENES], inputs[IMAGE]], y, np.concatenate([tr, val]), classes, seed,
+                                          inner_folds)
+            predictor = SoftmaxPredictor.of([GENES, IMAGE], stack.bases, dims, classes, stack.meta)
+            return predictor, predictor.n_weights()
         stack = fit_stack([inputs[GENES], inputs[IMAGE]], y, np.concatenate([tr, val]), seed, inner_folds)
-        predictor = LinearPredictor.of([GENES, IMAGE], stack.bases, [inputs[GENES].shape[1], inputs[IMAGE].shape[1]],
-                                       stack.meta_coef, stack.meta_intercept)
+        predictor = LinearPredictor.of([GENES, IMAGE], stack.bases, dims, stack.meta_coef, stack.meta_intercept)
         return predictor, 3 + sum(1 + _n_weights(b) for b in stack.bases if b is not None)
     return fit
 

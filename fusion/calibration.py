@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit
 
+from fusion.multiclass import apply_temperature, fit_temperature
+
 CALIBRATIONS = ("none", "platt", "isotonic")
+MULTICLASS_ISOTONIC = ("--calibrate isotonic fits one curve to two classes; for more than two use platt (temperature "
+                       "scaling) or none")
 
 
 @dataclass
@@ -15,7 +19,7 @@ class Calibrator:
     """A monotone map from a head's probabilities to calibrated ones, kept as plain numbers (model.json)."""
 
     method: str = "none"
-    a: float = 1.0  # platt: sigmoid(a * logit(p) + b)
+    a: float = 1.0  # platt: sigmoid(a * logit(p) + b); temperature (C classes): softmax(a * log p)
     b: float = 0.0
     x: list[float] = field(default_factory=list)  # isotonic: piecewise-linear through (x, y), clipped
     y: list[float] = field(default_factory=list)
@@ -26,17 +30,24 @@ class Calibrator:
             return expit(self.a * logit(p) + self.b)  # scipy's: no overflow warning for a far-out logit
         if self.method == "isotonic":
             return np.interp(p, self.x, self.y)
+        if self.method == "temperature":
+            return apply_temperature(p, self.a)
         return p
 
 
 def fit_calibrator(p_val: np.ndarray, y_val: np.ndarray, method: str) -> Calibrator:
     """Fitted on inner-validation rows. ``platt``: logistic regression on the logit (two parameters,
     stable on the few rows an inner split has); ``isotonic``: scikit-learn's isotonic regression
-    (free-form, needs more rows); ``none``: the identity."""
+    (free-form, needs more rows); ``none``: the identity. For (n, C) class probabilities ``platt`` is
+    temperature scaling, its one-parameter multi-class analogue; isotonic is refused."""
     if method not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {method!r}")
     if method == "none" or len(np.unique(y_val)) < 2:
         return Calibrator()
+    if np.ndim(p_val) == 2:
+        if method == "isotonic":
+            raise ValueError(MULTICLASS_ISOTONIC)
+        return Calibrator("temperature", a=fit_temperature(p_val, y_val))
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 

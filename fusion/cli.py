@@ -104,9 +104,17 @@ def _label(metrics: dict) -> str:
     return {"c_index": "c-index", "roc_auc": "ROC-AUC"}[_headline(metrics)]
 
 
+def _what(metrics: dict) -> str:
+    """What a run predicts, for a table's title."""
+    if metrics.get("target") == "survival":
+        return f"{metrics['cohort']['survival']['events']} events"
+    if metrics.get("target") == "multiclass":
+        return f"{len(metrics['classes'])} classes, macro ROC-AUC"
+    return f"positive class {metrics['positive_class']}"
+
+
 def _print_summary(metrics: dict) -> None:
-    what = (f"{metrics['cohort']['survival']['events']} events" if metrics.get("target") == "survival" else
-            f"positive class {metrics['positive_class']}")
+    what = _what(metrics)
     t = Table(title=f"{metrics['head']}: {metrics['n_patients']} patients, {what}"
               + (" [SIMULATED data]" if metrics.get("simulated") else ""))
     for col in ("metric", "pooled out-of-fold", "95% CI (patient bootstrap)", "fold mean ± sd"):
@@ -118,6 +126,10 @@ def _print_summary(metrics: dict) -> None:
     for m, v in metrics["summary"].items():
         t.add_row(m, r3(v["pooled"]), f"[{r3(v['ci95'][0])}, {r3(v['ci95'][1])}]",
                   f"{r3(v['fold_mean'])} ± {r3(v['fold_std'])}")
+    for c, v in metrics.get("per_class", {}).items():
+        s = v["roc_auc"]
+        t.add_row(f"ROC-AUC {c} vs rest", r3(s["pooled"]), f"[{r3(s['ci95'][0])}, {r3(s['ci95'][1])}]",
+                  f"{r3(s['fold_mean'])} ± {r3(s['fold_std'])}")
     console.print(t)
     c = metrics["cohort"]
     console.print(f"cohort: {c['classes']}; with genes {c['with_genes']}, with image {c['with_image']}, "
@@ -158,7 +170,7 @@ def fusion_cv(
         return
     _print_summary(run.metrics)
     if out:
-        figure = "km.png" if run.metrics["target"] == "survival" else "curves.png"
+        figure = {"survival": "km.png", "multiclass": "confusion.png"}.get(run.metrics["target"], "curves.png")
         console.print(f"wrote {out}/metrics.json, predictions.csv, splits.csv, {figure}, report.html")
 
 
@@ -193,11 +205,10 @@ def fusion_bench(
                            on_epoch=lambda h, done, total: step(f"{started[h]}, epochs", done, total))
     first = next(iter(runs.values())).metrics
     survival = first["target"] == "survival"
-    what = (f"{first['cohort']['survival']['events']} events" if survival else
-            f"positive class {first['positive_class']}")
-    t = Table(title=f"leaderboard: {first['n_patients']} patients, {what}"
+    t = Table(title=f"leaderboard: {first['n_patients']} patients, {_what(first)}"
               + (" [SIMULATED data]" if first.get("simulated") else ""))
-    second = ("c_index_uno", "Uno's c") if survival else ("pr_auc", "PR-AUC")
+    second = {"survival": ("c_index_uno", "Uno's c"), "multiclass": ("balanced_accuracy", "bal. acc.")}.get(
+        first["target"], ("pr_auc", "PR-AUC"))
     for col in ("head", "modalities", _label(first), second[1], *(() if survival else ("F1",)), "s", "params",
                 "vs best unimodal"):
         t.add_column(col)
@@ -253,8 +264,9 @@ def fusion_fit(
         res = fit(store, head, opts, out)
     m = res["model"]
     if not quiet:
-        console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} (threshold "
-                      f"{m['threshold']:.3f}, calibration {m['calibrator']['method']})")
+        decision = "argmax" if m["threshold"] is None else f"threshold {m['threshold']:.3f}"
+        console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} ({decision}, "
+                      f"calibration {m['calibrator']['method']})")
 
 
 @fusion_app.command("predict")
@@ -262,7 +274,8 @@ def fusion_fit(
 def fusion_predict(
     model: Annotated[Path, typer.Argument(help="A model folder, or a folder of fold models (cv --save-models)")],
     store: Annotated[Path, typer.Argument(help="Store with the patients to score")],
-    out: Annotated[Path, typer.Option(help="CSV to write: patient_id, p_positive, predicted")],
+    out: Annotated[Path, typer.Option(help="CSV to write: patient_id, p_positive (p_<class> per class for more "
+                                            "than two), predicted")],
     patients: Annotated[Optional[Path], typer.Option(help="File of patient ids to score (one per line, or a CSV "
                                                      "with a patient_id column); default: all who have the inputs")] = None,
     features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,
@@ -314,7 +327,7 @@ def fusion_heads() -> None:
     """List the registered heads."""
     from fusion.heads import HEADS
 
-    t = Table(title="heads (two-class targets: --labels; survival: --survival)")
+    t = Table(title="heads (class labels: --labels, two classes or more; survival: --survival)")
     for col in ("name", "inputs", "target", "what it is"):
         t.add_column(col)
     for spec in HEADS.values():

@@ -17,8 +17,8 @@ from fusion.survival import strata, surv
 @dataclass
 class Cohort:
     patient_ids: list[str]
-    y: np.ndarray  # 1 = positive (minority) class; for survival, (event, time) records (fusion.survival.surv)
-    classes: tuple[str, str]  # (negative, positive); for survival ("censored", "event")
+    y: np.ndarray  # index into ``classes`` (1 = positive); for survival, (event, time) records (fusion.survival.surv)
+    classes: tuple[str, ...]  # (negative, positive); C names for a multi-class target; for survival ("censored", "event")
     genes: np.ndarray | None  # (P, G) float32, NaN rows for patients without expression
     gene_ids: list[str]
     slides: dict[str, list[str]]  # patient -> slide ids in the feature set
@@ -26,7 +26,7 @@ class Cohort:
     gene_table: str | None
     summary: dict = field(default_factory=dict)
     label_table: str | None = None  # the store's labels table, or None for a labels CSV
-    target: str = "binary"  # or "survival"
+    target: str = "binary"  # "multiclass" (more than two classes) or "survival"
 
     @property
     def strata(self) -> np.ndarray:
@@ -69,17 +69,10 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
         survival = store.resolve("survival", survival)
         outcome = store.read_survival(survival)
         label_of = dict(zip(outcome.patient_ids, surv(outcome.event, outcome.time)))
-        positive, negative, unit = "event", "censored", outcome.provenance.get("time_unit", "days")
-    elif labels_csv is not None:
-        table, _ = read_labels(labels_csv, id_column=label_id_column, label_column=label_column, label_map=label_map)
+        unit = outcome.provenance.get("time_unit", "days")
     else:
-        if labels is None and not store.tables("labels") and store.tables("survival"):
-            raise StoreError(f"store {store.path} has no labels table, and a survival table "
-                             f"({', '.join(store.tables('survival'))}): train on it with --survival NAME")
-        labels = store.resolve("labels", labels)
-        table = store.read_labels(labels)
-    if survival is None:
-        label_of, positive, negative = _classes(table, positive)
+        labels, table = _label_table(store, labels, labels_csv, label_map, label_id_column, label_column)
+        label_of, classes = _classes(table, positive)
 
     gene_values, gene_ids, gene_name, gene_index, sample_notes = None, [], None, {}, []
     if use_genes:
@@ -120,14 +113,16 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
                 genes_arr[i] = gene_values[gene_index[p]]
     if survival is not None:
         y = np.array([label_of[p] for p in kept], dtype=next(iter(label_of.values())).dtype)
-        events = y["event"]
+        classes, events = ("censored", "event"), y["event"]
     else:
-        y = events = np.array([label_of[p] == positive for p in kept], dtype=np.int64)
+        index = {c: k for k, c in enumerate(classes)}
+        y = events = np.array([index[label_of[p]] for p in kept], dtype=np.int64)
+    target = "survival" if survival is not None else "multiclass" if len(classes) > 2 else "binary"
     summary = {
         "labelled_patients": len(patients),
         "patients": len(kept),
-        "classes": {negative: int((events == 0).sum()), positive: int((events == 1).sum())},
-        "positive_class": positive,
+        "classes": {c: int((events == k).sum()) for k, c in enumerate(classes)},
+        "positive_class": None if target == "multiclass" else classes[1],
         "with_genes": int(has_g.sum()) if use_genes else None,
         "with_image": int(has_i.sum()) if use_image else None,
         "dropped_missing_modality": int(len(patients) - keep.sum()),
@@ -142,14 +137,36 @@ def load_cohort(store: Store, features: str | None = None, genes: str | None = N
     if survival is not None:
         summary["survival"] = {"table": survival, "time_unit": unit, "events": int(events.sum()),
                                "median_follow_up": float(np.median(y["time"]))}
-    return Cohort(kept, y, (negative, positive), genes_arr, gene_ids, {p: slides.get(p, []) for p in kept},
-                  fs_name, gene_name, summary, None if labels_csv is not None else (survival or labels),
-                  "binary" if survival is None else "survival")
+    return Cohort(kept, y, classes, genes_arr, gene_ids, {p: slides.get(p, []) for p in kept},
+                  fs_name, gene_name, summary, None if labels_csv is not None else (survival or labels), target)
 
 
-def _classes(table, positive: str | None) -> tuple[dict, str, str]:
-    """Each patient's class, and the (positive, negative) pair: the class asked for against the rest, else the
-    table's two classes."""
+def _label_table(store: Store, labels: str | None, labels_csv, label_map: str | None, id_column: str = "patient_id",
+                 label_column: str = "label"):
+    """(the store's table name or None, the labels table): a labels CSV read with ``label_map``, else the store's
+    table ``labels`` (default: its only one)."""
+    if labels_csv is not None:
+        return None, read_labels(labels_csv, id_column=id_column, label_column=label_column, label_map=label_map)[0]
+    if labels is None and not store.tables("labels") and store.tables("survival"):
+        raise StoreError(f"store {store.path} has no labels table, and a survival table "
+                         f"({', '.join(store.tables('survival'))}): train on it with --survival NAME")
+    labels = store.resolve("labels", labels)
+    return labels, store.read_labels(labels)
+
+
+def label_target(store: Store, labels: str | None = None, labels_csv=None, label_map: str | None = "pam50-binary",
+                 positive: str | None = None, survival: str | None = None) -> str:
+    """What a run on these labels trains: "survival", "binary" (two classes, or one against the rest) or
+    "multiclass"; read before the cohort, since it decides which heads a bench runs."""
+    if survival is not None:
+        return "survival"
+    classes = _classes(_label_table(store, labels, labels_csv, label_map)[1], positive)[1]
+    return "multiclass" if len(classes) > 2 else "binary"
+
+
+def _classes(table, positive: str | None) -> tuple[dict, tuple[str, ...]]:
+    """Each patient's class, and the classes in the order of ``y``: (negative, positive) for the class asked for
+    against the rest, or the table's two classes; the table's classes by name when it has more than two."""
     counts = Counter(table.labels)
     label_of = dict(zip(table.patient_ids, table.labels))
     if positive is not None:
@@ -160,12 +177,11 @@ def _classes(table, positive: str | None) -> tuple[dict, str, str]:
         counts = Counter(label_of.values())
         if len(counts) != 2:
             raise ValueError(f"--positive {positive!r}: every patient has that label, so there is no other class")
-    elif len(counts) != 2:
-        example = min(counts, key=lambda c: (counts[c], c))
-        raise ValueError(f"fusion trains two-class heads, and the labels have {len(counts)} classes {dict(counts)}: "
-                         f"train one of them against the rest with --positive CLASS (e.g. --positive {example}), or "
-                         "import the labels with a two-class --label-map (pam50-binary: Luminal vs Basal_Her2)")
+    elif len(counts) == 1:
+        raise ValueError(f"every labelled patient has the class {next(iter(counts))!r}: there is nothing to tell apart")
+    elif len(counts) > 2:
+        return label_of, tuple(sorted(counts))
     # The positive class is the one asked for, else the minority one (Basal_Her2 under pam50-binary); ties by name.
     positive = positive or table.provenance.get("positive_class") or min(counts, key=lambda c: (counts[c], c))
     negative = next(c for c in counts if c != positive)
-    return label_of, positive, negative
+    return label_of, (negative, positive)

@@ -33,8 +33,9 @@ class Fitted(Protocol):
     verdicts: dict[str, list[bool]]  # what the trainer's rules decided, per fold model (metrics.json)
 
     def predict(self, data, rows: torch.Tensor, permute: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-        """P(positive), float64, of rows ``(M, R)`` of ``data`` by each of the M models; ``permute`` maps a
-        modality to an (M, P) row map per model (that input shuffled)."""
+        """P(positive), float64, of rows ``(M, R)`` of ``data`` by each of the M models, or (M, R, C) class
+        probabilities for a target of C > 2 classes; ``permute`` maps a modality to an (M, P) row map per model
+        (that input shuffled)."""
 
     def save(self, i: int, out: Path) -> None:
         """Model ``i``'s parameters into the model folder ``out``."""
@@ -51,18 +52,28 @@ class Head(Protocol):
         """One saved model (M=1) back from its folder."""
 
 
+def probabilities(logits: torch.Tensor, risk: bool = False) -> np.ndarray:
+    """P(positive) of (M, R) logits, class probabilities of (M, R, C) ones, or with ``risk`` the logits themselves
+    (a survival head's risk), as float64: float32's sigmoid is exactly 1.0 past a logit of ~17, and those ties
+    flatten PR curves."""
+    logits = logits.double()
+    if risk:
+        return logits.numpy()
+    return (torch.softmax(logits, -1) if logits.dim() == 3 else torch.sigmoid(logits)).numpy()
+
+
 @dataclass
 class TorchFitted:
     module: torch.nn.Module  # M models stacked on a leading axis
     n_params: int
     epochs: list[int]
     verdicts: dict[str, list[bool]] = field(default_factory=dict)
+    risk: bool = False  # a survival head: its output is the risk itself
 
     def predict(self, data, rows, permute=None):
         from fusion.train import _predict
 
-        # float64: float32's sigmoid is exactly 1.0 past a logit of ~17, and those ties flatten PR curves
-        return torch.sigmoid(_predict(self.module, data, rows, perm=permute).double()).numpy()
+        return probabilities(_predict(self.module, data, rows, perm=permute), self.risk)
 
     def save(self, i, out):
         m = len(self.epochs)
@@ -78,18 +89,22 @@ class TorchHead:
     def fit(self, data, y, cfg, on_epoch=None):
         from fusion.train import _padded, train_torch
 
-        module, epochs, val_logits = train_torch(self.spec, data, y, cfg, self.kwargs, on_epoch)
+        kwargs = self.kwargs | ({"outputs": data.n_classes} if data.n_classes > 2 else {})
+        module, epochs, val_logits = train_torch(self.spec, data, y, cfg, kwargs, on_epoch)
         verdicts = {name: getattr(module, attr) for name, attr in (("trained_kept", "trained_kept"),
                                                                    ("fusion_term_kept", "fusion_kept"))
                     if getattr(module, attr, None) is not None}
         n_params = sum(p.numel() for p in module.parameters()) // len(data.test)
         _, val_valid = _padded(data.val)
-        vp = torch.sigmoid(val_logits.double()).numpy()
-        return TorchFitted(module, int(n_params), epochs, verdicts), [vp[i, val_valid[i].numpy()] for i in range(len(data.val))]
+        risk = data.target == "survival"
+        vp = probabilities(val_logits, risk)
+        return (TorchFitted(module, int(n_params), epochs, verdicts, risk),
+                [vp[i, val_valid[i].numpy()] for i in range(len(data.val))])
 
     def load(self, path, meta):
+        outputs = {"outputs": len(meta["classes"])} if len(meta["classes"]) > 2 else {}
         module = self.spec.build(1, meta["gene_dim"], meta["token_dim"], snn=bool(meta["train"].get("snn")),
-                                 **self.kwargs)
+                                 **outputs, **self.kwargs)
         try:
             module.load_state_dict(torch.load(path / "weights.pt", weights_only=True))
         except Exception as exc:  # a pickle refused, a truncated file, a tensor of another shape: one line each
@@ -119,13 +134,13 @@ class EstimatorFitted:
     verdicts: dict[str, list[bool]] = field(default_factory=dict)
 
     def predict(self, data, rows, permute=None):
-        out = np.zeros(tuple(rows.shape))
+        out = []
         for i, predictor in enumerate(self.predictors):
             inputs = estimator_inputs(data, i, self.modalities)
             if permute:
                 inputs = {m: (v[permute[m][i].numpy()] if m in permute else v) for m, v in inputs.items()}
-            out[i] = predictor(inputs)[rows[i].numpy()]
-        return out
+            out.append(predictor(inputs)[rows[i].numpy()])
+        return np.stack(out).astype(np.float64)
 
     def save(self, i, out):
         # Plain arrays (XGBoost's own JSON among them), never a pickle.
@@ -140,7 +155,8 @@ class EstimatorHead:
     def fit(self, data, y, cfg, on_epoch=None):
         # XGBoost on as many threads as torch: its hist trees are the same on any number of threads (measured
         # bitwise), only faster.
-        fit = self.spec.build(seed=cfg.seed, threads=cfg.threads or torch.get_num_threads(), **self.kwargs)
+        classes = {"classes": data.n_classes} if data.n_classes > 2 else {}
+        fit = self.spec.build(seed=cfg.seed, threads=cfg.threads or torch.get_num_threads(), **classes, **self.kwargs)
         predictors, val_probs, n_params = [], [], 0
         for i in range(len(data.test)):
             inputs = estimator_inputs(data, i, self.spec.modalities)
@@ -151,6 +167,7 @@ class EstimatorHead:
 
     def load(self, path, meta):
         from fusion.baselines import LinearPredictor, load_predictor
+        from fusion.multinomial import SoftmaxPredictor
 
         try:
             with np.load(path / "head.npz", allow_pickle=False) as z:
@@ -158,12 +175,13 @@ class EstimatorHead:
             predictor = load_predictor(arrays, meta["modalities"])
         except Exception as exc:  # a pickle refused, a truncated file, arrays missing: one line
             raise StoreError(f"{path}/head.npz does not hold this model's arrays ({type(exc).__name__}: {exc})") from exc
-        if isinstance(predictor, LinearPredictor):
+        if isinstance(predictor, (LinearPredictor, SoftmaxPredictor)):
             dims = {GENES: meta["gene_dim"], IMAGE: meta["token_dim"]}
+            per_class = (len(meta["classes"]),) if isinstance(predictor, SoftmaxPredictor) else ()
             for modality, w in zip(predictor.modalities, predictor.w):
-                if w.shape != (dims[modality],):
+                if w.shape != (dims[modality], *per_class):
                     raise StoreError(f"{path}/head.npz: the {modality} weights have shape {w.shape}, the model's "
-                                     f"inputs ({dims[modality]},)")
+                                     f"inputs {(dims[modality], *per_class)}")
         return EstimatorFitted([predictor], self.spec.modalities, 0, [0])
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fusion.logistic import significant_gain
+from fusion.survival import is_survival
 
 _SIGNIFICANT = "by > 1.64 SE of the per-patient loss on the inner validation rows, both recalibrated (Platt) on them"
 # Each rule in the words metrics.json gives it.
@@ -69,20 +70,59 @@ def significantly_better(before: torch.Tensor, after: torch.Tensor, y: torch.Ten
     keep = []
     for b, a, yy, w in zip(before, after, y, weight):
         v = (w > 0).numpy()
-        args = yy.numpy()[v], w.double().numpy()[v]
+        args = (yy.numpy() if isinstance(yy, torch.Tensor) else yy)[v], w.double().numpy()[v]
         gain = recalibrated_losses(b.double().numpy()[v], *args) - recalibrated_losses(a.double().numpy()[v], *args)
+        if is_survival(args[0]):  # the censored add no term (their losses are 0), only their place in risk sets
+            gain = gain[args[0]["event"]]
         keep.append(significant_gain(gain))
     return torch.tensor(keep, dtype=torch.bool)
 
 
 def recalibrated_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Per-patient weighted log-loss of ``sigmoid(a * logit + b)``, with a and b fitted to these patients by
-    weighted maximum likelihood (Platt scaling): what is left is the ranking's loss, not the scale's."""
+    weighted maximum likelihood (Platt scaling): what is left is the ranking's loss, not the scale's. For (V, C)
+    logits of C classes, of ``softmax(a * logits + b)`` (a temperature and a bias per class); for the risks of a
+    survival outcome, each event's Cox partial-likelihood term of ``a * risk`` (0 for the censored)."""
     from sklearn.linear_model import LogisticRegression
 
+    if logits.ndim == 2:
+        return _recalibrated_softmax_losses(logits, y, weight)
+    if is_survival(y):
+        return _recalibrated_cox_losses(logits, y, weight)
     x = logits[:, None]
     if np.ptp(logits) == 0:
         x = np.zeros_like(x)  # a constant ranks nothing: intercept only
     fit = LogisticRegression(C=np.inf).fit(x, y, sample_weight=weight)
     p = np.clip(fit.predict_proba(x)[:, 1], 1e-12, 1 - 1e-12)
     return -weight * (y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def _recalibrated_softmax_losses(logits: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    rows = np.arange(len(y))
+
+    def losses(theta: np.ndarray) -> np.ndarray:
+        z = np.exp(theta[0]) * logits + theta[1:]
+        z = z - z.max(1, keepdims=True)
+        return -weight * (z[rows, y] - np.log(np.exp(z).sum(1)))
+
+    theta = minimize(lambda t: losses(t).sum(), np.zeros(1 + logits.shape[1]), method="L-BFGS-B",
+                     bounds=[(-6, 6)] + [(-30, 30)] * logits.shape[1]).x
+    return losses(theta)
+
+
+def _recalibrated_cox_losses(risk: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    from scipy.optimize import minimize_scalar
+
+    at_risk = y["time"][None, :] >= y["time"][:, None]  # [i, j]: j still at risk when i has the event
+
+    def losses(a: float) -> np.ndarray:
+        z = np.where(at_risk, a * risk[None, :], -np.inf)
+        top = z.max(1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(z - top).sum(1))
+        return np.where(y["event"], weight * (lse - a * risk), 0.0)
+
+    if np.ptp(risk) == 0:
+        return losses(0.0)
+    return losses(minimize_scalar(lambda a: losses(a).sum(), bounds=(-20.0, 20.0), method="bounded").x)

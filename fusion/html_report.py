@@ -208,7 +208,8 @@ def cohort_section(metrics: dict, p: str = "") -> str:
     excluded = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in (c.get("excluded_labels") or {}).items()) or "none"
     out = ["<h2>Cohort</h2>",
            f"<p><span data-metric=\"{p}cohort.patients\">{c['patients']}</span> patients of {c['labelled_patients']} "
-           f"labelled ({classes}; positive class {html.escape(c['positive_class'])}). Dropped for a missing modality: "
+           f"labelled ({classes}{'' if c['positive_class'] is None else '; positive class ' + html.escape(c['positive_class'])})"
+           ". Dropped for a missing modality: "
            f"{c['dropped_missing_modality']} (missing: {html.escape(c['missing'])}). Label rows excluded (Normal, "
            f"normal-tissue samples, unmapped): {excluded}. With genes: {c['with_genes']}, with image: {c['with_image']}, "
            f"slides: {c['slides']}. Genes: {html.escape(str(metrics['genes']))}.</p>"]

@@ -1,5 +1,6 @@
 """Binary metrics, vectorised over bootstrap resamples, with patient-level CIs and paired comparisons; a survival
-outcome (``fusion.survival``) is scored by its concordance indices through the same functions.
+outcome (``fusion.survival``) is scored by its concordance indices, and class probabilities of more than two
+classes (``fusion.multiclass``) by the multi-class metrics, through the same functions.
 
 scikit-learn computes one metric for one sample; a CI needs thousands, so the metrics are written
 here as array operations over a ``(resamples, n)`` matrix and checked against scikit-learn in tests.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from fusion import multiclass
+from fusion.multiclass import MULTICLASS_METRICS, class_metrics
 from fusion.survival import SURVIVAL_METRICS, is_survival, resample_counts, survival_metric
 
 METRICS = ("f1", "pr_auc", "roc_auc", "accuracy", "balanced_accuracy", "brier")
@@ -83,13 +86,17 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def metrics_for(y: np.ndarray) -> tuple[str, ...]:
-    """The metrics of a target: the binary ones, or the concordance indices of a survival outcome."""
-    return SURVIVAL_METRICS if is_survival(y) else METRICS
+def metrics_for(y: np.ndarray, p: np.ndarray | None = None) -> tuple[str, ...]:
+    """The metrics of a target: the binary ones, the concordance indices of a survival outcome, or for class
+    probabilities ``p`` (..., C) the multi-class (macro) ones."""
+    if is_survival(y):
+        return SURVIVAL_METRICS
+    return MULTICLASS_METRICS if p is not None and multiclass.is_multiclass(p) else METRICS
 
 
 def headline(y: np.ndarray) -> str:
-    """The metric a leaderboard ranks by and a modality check is measured in."""
+    """The metric a leaderboard ranks by and a modality check is measured in (for C classes, ``roc_auc`` is the
+    macro average of the one-vs-rest ROC-AUCs)."""
     return "c_index" if is_survival(y) else "roc_auc"
 
 
@@ -98,8 +105,10 @@ def pooled_bootstrap(y: np.ndarray, oof: np.ndarray, resamples: int = 1000, seed
                      metrics: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Metric per patient-level resample of the pooled out-of-fold predictions, averaged over repeats;
     ``cut`` (R, P): each patient's threshold (its fold's), else 0.5."""
-    metrics = metrics_for(y) if metrics is None else metrics
+    metrics = metrics_for(y, oof) if metrics is None else metrics
     idx = bootstrap_indices(len(y), resamples, seed) if idx is None else idx
+    if multiclass.is_multiclass(oof):
+        return multiclass.pooled_bootstrap(y, oof, idx, metrics)
     if is_survival(y):
         counts = resample_counts(idx, len(y))
         return {k: np.nanmean([survival_metric(y, oof[r], k, counts) for r in range(oof.shape[0])], axis=0)
@@ -116,17 +125,23 @@ def summarise(y: np.ndarray, oof: np.ndarray, assign: np.ndarray, resamples: int
     ``fold_mean``/``fold_std`` over the folds as a separate description of fold-to-fold spread. F1 and the
     accuracies cut each fold at its own threshold (``thresholds``: (R, folds), chosen on its inner
     validation; 0.5 without), the cut of the confusion matrix."""
-    cut = np.full(oof.shape, 0.5) if thresholds is None else np.take_along_axis(thresholds, assign, 1)
-    names = metrics_for(y)
+    # For C classes the summary holds each class's one-vs-rest ROC-AUC too (``roc_auc[k]``).
+    names = class_metrics(oof.shape[-1]) if multiclass.is_multiclass(oof) else metrics_for(y)
+    cut = (np.full(oof.shape[:2], 0.5) if thresholds is None or multiclass.is_multiclass(oof)
+           else np.take_along_axis(thresholds, assign, 1))
     folds = []
     for r in range(assign.shape[0]):
         for f in np.unique(assign[r]):
             rows = assign[r] == f
-            m = ({k: survival_metric(y[rows], oof[r, rows], k) for k in names} if is_survival(y)
-                 else all_metrics(y[rows], oof[r, rows], cut[r, rows]))
+            if is_survival(y):
+                m = {k: survival_metric(y[rows], oof[r, rows], k) for k in names}
+            elif multiclass.is_multiclass(oof):
+                m = multiclass.multiclass_metrics(y[rows], oof[r, rows], metrics=names)
+            else:
+                m = all_metrics(y[rows], oof[r, rows], cut[r, rows])
             folds.append({"repeat": r, "fold": int(f), "n_test": int(rows.sum()),
                           **{k: _f(v[0]) for k, v in m.items()}})
-    boot = pooled_bootstrap(y, oof, resamples, seed, cut=cut)
+    boot = pooled_bootstrap(y, oof, resamples, seed, cut=cut, metrics=names)
     summary = {}
     for k in names:
         vals = np.array([f[k] for f in folds], float)
@@ -159,6 +174,8 @@ def pooled_metric(y: np.ndarray, oof: np.ndarray, metric: str = "roc_auc", cut: 
     :func:`pooled_bootstrap`)."""
     if is_survival(y):
         return float(np.nanmean([survival_metric(y, oof[r], metric)[0] for r in range(oof.shape[0])]))
+    if multiclass.is_multiclass(oof):
+        return multiclass.pooled_metric(y, oof, metric)
     cut = np.full(oof.shape, 0.5) if cut is None else cut
     return float(np.nanmean([all_metrics(y, oof[r], cut[r], (metric,))[metric][0] for r in range(oof.shape[0])]))
 

@@ -51,7 +51,9 @@ def save_model(out: Path, result, i: int, meta: dict) -> Path:
     np.savez(out / "preprocess.npz", **arrays)
     result.models.save(i, out)  # weights.pt (a state dict) or head.npz (plain arrays)
     meta.update(format=FORMAT, gene_dim=int(rec["gene_dim"]), token_dim=int(rec["token_dim"]),
-                calibrator=dataclasses.asdict(rec["calibrator"]), threshold=rec["threshold"], repeat=rec["repeat"],
+                calibrator=dataclasses.asdict(rec["calibrator"]),
+                # C classes are decided by the argmax: no threshold (None, as JSON has no NaN)
+                threshold=None if np.isnan(rec["threshold"]) else rec["threshold"], repeat=rec["repeat"],
                 fold=rec["fold"], trained_on=int(len(rec.get("genes_fitted_on", rec.get("tokens_fitted_on", [])))),
                 saved=now_iso())
     (out / "model.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -65,7 +67,7 @@ def model_meta(store, cohort, head: str, opts) -> dict:
     fs = store.feature_set_info(cohort.feature_set) if cohort.feature_set else {}
     return {
         "head": head, "modalities": sorted(get_head(head).modalities), "classes": list(cohort.classes),
-        "positive_class": cohort.classes[1], "train": dataclasses.asdict(opts.train),
+        "positive_class": None if len(cohort.classes) > 2 else cohort.classes[1], "train": dataclasses.asdict(opts.train),
         "feature_set": None if not cohort.feature_set else {
             "name": cohort.feature_set, "config_hash": fs.get("config_hash"),
             **{k: fs.get("config", {}).get(k) for k in IDENTITY_KEYS}},
@@ -110,7 +112,7 @@ class Model:
 
 # What model.json must hold, and of which type, before anything is built from it.
 _META_TYPES = {"format": int, "head": str, "modalities": list, "classes": list, "train": dict, "gene_dim": int,
-               "token_dim": int, "calibrator": dict, "threshold": (int, float)}
+               "token_dim": int, "calibrator": dict, "threshold": (int, float, type(None))}
 MAX_DIM = 1_000_000  # inputs of a head: more genes or token dimensions than any model here has
 
 
@@ -128,7 +130,11 @@ def _read_meta(path: Path) -> dict:
             raise StoreError(f"{path}/model.json has no {key!r}; is it a model folder written by fusion fit?")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise StoreError(f"{path}/model.json: {key!r} is {meta[key]!r}, not a {getattr(kind, '__name__', 'number')}")
-    if not np.isfinite(meta["threshold"]) or not 0 <= meta["threshold"] <= 1:
+    if not (isinstance(meta["classes"], list) and len(meta["classes"]) >= 2 and all(isinstance(c, str) for c in meta["classes"])):
+        raise StoreError(f"{path}/model.json: classes {meta['classes']!r} are not two or more class names")
+    if (meta["threshold"] is None) != (len(meta["classes"]) > 2):  # C classes are decided by the argmax
+        raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} for {len(meta['classes'])} classes")
+    if meta["threshold"] is not None and (not np.isfinite(meta["threshold"]) or not 0 <= meta["threshold"] <= 1):
         raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} is not a probability")
     for key in ("gene_dim", "token_dim"):
         if not 0 <= meta[key] <= MAX_DIM:
@@ -204,8 +210,9 @@ def _genes_for(model: Model, store, table: str | None, patients: list[str]) -> t
 
 def predict(model_path, store_path, patients: list[str] | None = None, features: str | None = None,
             genes: str | None = None) -> tuple[list[str], np.ndarray, list[Model]]:
-    """P(positive) for each patient (all who have the model's modalities, or ``patients``), averaged over the
-    models of a fold ensemble; each model's calibration applied first."""
+    """P(positive) for each patient (all who have the model's modalities, or ``patients``), or (P, C) class
+    probabilities for a model of C classes, averaged over the models of a fold ensemble; each model's
+    calibration applied first."""
     from fusion.api import _open_existing
 
     models = [load_model(p) for p in model_folders(model_path)]
@@ -292,14 +299,19 @@ def read_patient_list(path) -> list[str]:
 
 
 def write_predictions(path, patients: list[str], p: np.ndarray, models: list[Model]) -> None:
-    """patient_id, p_positive, predicted: the class at the mean of the models' inner-validation thresholds."""
+    """patient_id, p_positive, predicted: the class at the mean of the models' inner-validation thresholds; for C
+    classes patient_id, p_<class> for each class, predicted: the argmax."""
     import csv
 
-    meta = models[0].meta
-    cut = float(np.mean([m.meta["threshold"] for m in models]))
+    classes = models[0].meta["classes"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
+        if p.ndim == 2:
+            w.writerow(["patient_id", *(f"p_{c}" for c in classes), "predicted"])
+            w.writerows([pid, *(f"{v:.6f}" for v in row), classes[int(np.argmax(row))]] for pid, row in zip(patients, p))
+            return
+        cut = float(np.mean([m.meta["threshold"] for m in models]))
         w.writerow(["patient_id", "p_positive", "predicted"])
         for pid, v in zip(patients, p):
-            w.writerow([pid, f"{v:.6f}", meta["classes"][int(v >= cut)]])
+            w.writerow([pid, f"{v:.6f}", classes[int(v >= cut)]])

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 GENES, IMAGE = "genes", "image"
+CLASS_TARGETS = ("binary", "multiclass")  # the targets of a head that trains two classes or a softmax over C
+TORCH_TARGETS = (*CLASS_TARGETS, "survival")  # the torch heads: a survival outcome through the Cox loss too
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,7 @@ class HeadSpec:
     kind: str  # "torch" or "sklearn"
     build: Callable
     summary: str
-    targets: frozenset[str] = frozenset({"binary"})  # "binary" (two classes) and/or "survival"
+    targets: frozenset[str] = frozenset({"binary"})  # "binary" (two classes), "multiclass" and/or "survival"
 
     @property
     def multimodal(self) -> bool:
@@ -35,7 +37,7 @@ def register_head(name: str, modalities: set[str], kind: str, summary: str, targ
 
 
 def list_heads(target: str | None = None) -> list[str]:
-    """Every registered head, or those that train ``target`` ("binary" or "survival")."""
+    """Every registered head, or those that train ``target`` ("binary", "multiclass" or "survival")."""
     return [n for n, s in HEADS.items() if target is None or target in s.targets]
 
 

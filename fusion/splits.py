@@ -41,9 +41,13 @@ def make_splits(patient_ids: list[str], y: np.ndarray, folds: int = 5, repeats: 
 
 
 def split_balance(assign: np.ndarray, y: np.ndarray) -> list[dict]:
-    """Per repeat and fold: test size and positive share, to report how well a split kept class balance."""
-    return [{"repeat": r, "fold": int(f), "n_test": int((assign[r] == f).sum()),
-             "positive_share": float(y[assign[r] == f].mean())}
+    """Per repeat and fold: test size and positive share (for more than two classes, the test patients of each
+    class), to report how well a split kept class balance."""
+    def balance(rows: np.ndarray) -> dict:
+        if y.max() > 1:
+            return {"class_counts": np.bincount(y[rows], minlength=int(y.max()) + 1).tolist()}
+        return {"positive_share": float(y[rows].mean())}
+    return [{"repeat": r, "fold": int(f), "n_test": int((assign[r] == f).sum()), **balance(assign[r] == f)}
             for r in range(assign.shape[0]) for f in np.unique(assign[r])]
 
 

@@ -45,7 +45,8 @@ def write_survival_cv(out: Path, result, metrics: dict) -> None:
                             f"{result.oof[r, i]:.6f}"])
     write_splits(out / "splits.csv", result.patient_ids, result.assign)
     unit = metrics["cohort"]["survival"]["time_unit"]
-    fig = _km_figure(metrics["risk_groups"], f"{metrics['head']}: predicted risk groups", unit)
+    fig = _km_figure(metrics["risk_groups"], f"{metrics['head']}: predicted risk groups"
+                     + (" [SIMULATED data]" if metrics.get("simulated") else ""), unit)
     fig.savefig(out / "km.png", dpi=110)
     _plt().close(fig)
     body = cohort_section(metrics) + head_section(metrics)

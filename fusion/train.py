@@ -20,6 +20,7 @@ from fusion.calibration import CALIBRATIONS, OPERATING_POINTS, choose_threshold,
 from fusion.cohort import Cohort
 from fusion.fallback import FALLBACKS, back_to_warm_start_unless_significant, copy_models, significantly_better
 from fusion.heads import GENES, IMAGE, HeadSpec, weighted_mean
+from fusion.losses import head_loss
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
 from fusion.splits import model_rows
@@ -94,6 +95,8 @@ class FoldData:
     val: list[np.ndarray]  # inner-validation rows per model
     test: list[np.ndarray]
     fitted: list[dict] = field(default_factory=list)  # what each model's transforms were fitted on
+    n_classes: int = 2  # a multi-class target's C: the heads predict C class probabilities
+    target: str = "binary"  # "multiclass" or "survival" (the heads predict a risk)
 
 
 @dataclass
@@ -151,7 +154,8 @@ def prepare(cohort: Cohort, view: View | None, spec: HeadSpec, assign: np.ndarra
         record["gene_dim"], record["token_dim"] = genes_t.shape[-1], tokens_t.shape[-1]
     return FoldData(genes_t, tokens_t, torch.from_numpy(mask), torch.from_numpy(weights.astype(np.float32)),
                     torch.from_numpy(gene_present), torch.from_numpy(image_present),
-                    [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], fitted)
+                    [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows], fitted,
+                    len(cohort.classes) if cohort.target == "multiclass" else 2, cohort.target)
 
 
 def _gather(data: FoldData, idx: torch.Tensor, perm: dict[str, torch.Tensor] | None = None):
@@ -208,22 +212,21 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         # The inputs of the linear logits: fitted here on the inner-training rows, refitted at the end.
         linear_inputs = [g.numpy() for g in data.genes], [bag_means(data, i) for i in range(m)]
         model.warm_start(*linear_inputs, y, data.train, cfg.seed)
-    yt = torch.from_numpy(y).float()
     # fused: one kernel updates every parameter; the per-tensor loop (and, less so, foreach) was a sizeable share
     # of a step.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    pos_weight = torch.tensor([(len(r) - y[r].sum()) / max(y[r].sum(), 1) for r in data.train]).float()[:, None]
+    loss_fn = head_loss(y, data.train, data.n_classes)
     val_idx, val_valid = _padded(data.val)
 
     # Early stopping scores the loss training minimises, class weights included. Unweighted, it credited
     # epochs for moving the intercept towards the class prior: measured on null image bags, a fusion head
     # then kept an attention branch fitted to noise over its warm start (the fitted gene model).
-    val_weight = torch.where(yt[val_idx] > 0, pos_weight, torch.ones_like(pos_weight)) * val_valid
+    val_weight = loss_fn.weight(val_idx) * val_valid
+    y_val = loss_fn.targets(val_idx)
 
     def val_loss(logits: torch.Tensor | None = None) -> torch.Tensor:  # (M,) of the model now, or of ``logits``
         logits = _predict(model, data, val_idx) if logits is None else logits
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[val_idx], reduction="none") * val_weight
-        return losses.sum(1) / val_weight.sum(1)
+        return (loss_fn.per_row(logits, val_idx, val_valid) * val_weight).sum(1) / val_weight.sum(1)
 
     # The starting point is scored too: a warm-started model keeps it unless training does better.
     start_logits = _predict(model, data, val_idx)
@@ -263,10 +266,7 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
             active = (stale < cfg.patience).float()[:, None]
             for s in range(steps):
                 idx = order[:, s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                logits = model(*_gather(data, idx))
-                target = yt[idx]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits, target, pos_weight=pos_weight.expand_as(logits), reduction="none")
+                loss = loss_fn.training(model(*_gather(data, idx)), idx)
                 # Models that have stopped contribute no gradient; their best weights are already saved.
                 (loss * active).mean(dim=1).sum().backward()
                 opt.step()
@@ -289,13 +289,13 @@ def _train_torch(spec: HeadSpec, data: FoldData, y: np.ndarray, cfg: TrainConfig
         return model, epochs_run.tolist(), _predict(model, data, val_idx)
     if cfg.fallback == "significant":
         moved = torch.tensor(back_to_warm_start_unless_significant(
-            model, start_state, start_logits, _predict(model, data, val_idx), yt[val_idx], val_weight))
+            model, start_state, start_logits, _predict(model, data, val_idx), y_val, val_weight))
     elif cfg.fallback == "fusion" and unimodal is not None:
         # The fusion term is what fits one modality's noise through the other, while the unimodal branches
         # kept as early stopping picks them cost next to nothing on null bags; testing the whole of training
         # against the warm start threw away real attention gains (docs/heads.md). So only the fusion term is
         # put to the test.
-        keep = significantly_better(unimodal[1], _predict(model, data, val_idx), yt[val_idx], val_weight) | ~fused
+        keep = significantly_better(unimodal[1], _predict(model, data, val_idx), y_val, val_weight) | ~fused
         copy_models(model.state_dict(), unimodal[0], ~keep)
         model.fusion_kept = (fused & keep).tolist()
     model.trained_kept = moved.tolist()
@@ -343,6 +343,9 @@ def cross_validate(cohort: Cohort, head: str | Head, assign: np.ndarray, view: V
                 # A risk score is no probability to calibrate; its cut into risk groups is the validation median.
                 rec["calibrator"] = fit_calibrator(val_probs[i], strata(y[data.val[i]]), "none")
                 rec["threshold"] = float(np.median(val_probs[i]))
+            elif data.n_classes > 2:  # the class decision is the argmax: no threshold
+                rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
+                rec["threshold"] = float("nan")
             else:
                 rec["calibrator"] = fit_calibrator(val_probs[i], y[data.val[i]], cfg.calibrate)
                 rec["threshold"] = choose_threshold(rec["calibrator"](val_probs[i]), y[data.val[i]], cfg.operating_point)
@@ -387,8 +390,8 @@ def permute_within_test_folds(test_rows: list[np.ndarray], patients: int, seed: 
 
 
 def _scatter(shape: tuple[int, int], data: FoldData, probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(M, rows) test-fold predictions into an (R, P) out-of-fold array."""
-    out = np.full(shape, np.nan)
+    """(M, rows) test-fold predictions into an (R, P) out-of-fold array ((M, rows, C) into (R, P, C))."""
+    out = np.full(tuple(shape) + probs.shape[2:], np.nan)
     for i, rec in enumerate(data.fitted):
         out[rec["repeat"], data.test[i]] = probs[i, valid[i]]
     return out

@@ -29,7 +29,8 @@ echo "leaderboard: $OUT/bench/leaderboard.md; the whole run as one page: $OUT/be
 echo "== 5. overall survival (REAL Pan-Gyn follow-up of the same patients; SIMULATED image bags): c-index"
 $BIN/featstore import-labels data/mixomics_breast_tcga/overall_survival.csv --store $STORE --name os \
   --time-column days_to_death,days_to_last_followup --event-column vital_status
-$BIN/fusion bench $STORE --survival os --out $OUT/survival --quiet
+$BIN/fusion bench $STORE --survival os --heads coxnet,image_coxnet,stack_cox,gene_mlp,late --epochs 60 \
+  --out $OUT/survival --quiet
 echo "survival leaderboard: $OUT/survival/leaderboard.md; Kaplan-Meier curves: $OUT/survival/report.html"
 
 echo "== 6. a model trained on every patient, saved, and applied to the store (SIMULATED image bags)"
@@ -43,3 +44,9 @@ $BIN/fusion simulate --out $OUT/heat-train.zarr --patches-from $OUT/slides.zarr 
 $BIN/fusion fit $OUT/heat-train.zarr --head image_abmil --out $OUT/heat-model --epochs 40 --label-map none
 $BIN/fusion explain $OUT/heat-model $OUT/slides.zarr --all --out $OUT/heatmaps
 ls $OUT/heatmaps
+
+echo "== 8. the three PAM50 calls at once (REAL expression and calls; SIMULATED image bags): a softmax per head"
+$BIN/featstore import-labels data/mixomics_breast_tcga/subtype_all.csv --store $STORE --name pam50 --label-column pam50 \
+  --label-map pam50
+$BIN/fusion bench $STORE --labels pam50 --heads logreg,xgboost,gene_mlp,image_logreg,stack --out $OUT/pam50 --quiet
+echo "multi-class leaderboard: $OUT/pam50/leaderboard.md; confusion matrices and per-class ROC: $OUT/pam50/report.html"

@@ -1,6 +1,7 @@
 """Survival targets end to end: the survival table import, the c-index kernel against scikit-survival, the Cox
 heads against scikit-survival's own estimators on the bundled real TCGA-BRCA expression and Pan-Gyn overall
-survival, and a SIMULATED cohort on which stacking must use both inputs."""
+survival, a SIMULATED cohort on which stacking must use both inputs, and the torch heads' Cox loss: the partial
+likelihood scikit-survival maximises, the fusion heads starting exactly from the Cox stack."""
 
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ def test_stacking_for_survival_uses_both_inputs_and_a_null_image_is_called_so(tm
         path = tmp_path / f"s{null}.zarr"
         simulate_cohort(path, patients=300, patches=32, dim=32, genes=60, seed=3, null=null, survival=True,
                         gene_signal=1.5, image_signal=1.5).close()
-        rows, runs = bench(path, "all", CVOptions(survival="survival", bootstrap=300), out=tmp_path / f"b{null}")
+        rows, runs = bench(path, ["coxnet", "image_coxnet", "stack_cox"], CVOptions(survival="survival", bootstrap=300),
+                           out=tmp_path / f"b{null}")
         board = {r["head"]: r for r in rows}
         assert set(board) == {"coxnet", "image_coxnet", "stack_cox"}
         check = runs["stack_cox"].metrics["modality_check"]
@@ -194,7 +196,8 @@ def test_stacking_for_survival_uses_both_inputs_and_a_null_image_is_called_so(tm
 
 def test_a_two_class_head_is_refused_on_a_survival_target_naming_the_heads_that_train_it(tmp_path):
     path = _real_survival_store(tmp_path)
-    with pytest.raises(ValueError, match="head 'logreg' does not train survival targets; the heads that do: coxnet"):
+    with pytest.raises(ValueError, match="head 'logreg' does not train survival targets; the heads that do: gene_mlp, "
+                                         ".*, cross_attn, coxnet, image_coxnet, stack_cox"):
         cv(path, "logreg", CVOptions(survival="os"))
     with pytest.raises(featstore.StoreError, match=r"no labels table, and a survival table \(os\): train on it with "
                                                    "--survival NAME"):
@@ -225,5 +228,77 @@ def test_the_command_line_imports_survival_and_cross_validates_it(tmp_path):
     r = runner.invoke(fusion_app, ["cv", str(tmp_path / "sim.zarr"), "--head", "coxnet", "--survival", "survival",
                                    "--quiet", "--bootstrap", "100"])
     assert r.exit_code == 0 and "coxnet: c-index 0." in r.output, r.output
-    r = runner.invoke(fusion_app, ["cv", str(tmp_path / "sim.zarr"), "--head", "cross_attn", "--survival", "survival"])
+    r = runner.invoke(fusion_app, ["cv", str(tmp_path / "sim.zarr"), "--head", "xgboost", "--survival", "survival"])
     assert r.exit_code != 0 and "does not train survival targets" in r.output, r.output
+
+
+def test_the_cox_loss_is_the_partial_likelihood_scikit_survival_maximises():
+    """A linear model trained on CoxLoss (tied times: Breslow) lands on scikit-survival's unpenalised
+    CoxPHSurvivalAnalysis; padding rows stay out of every risk set."""
+    import torch
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    from fusion.losses import CoxLoss
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((150, 3))
+    time = np.ceil(rng.exponential(10 * np.exp(-x @ [0.8, -0.5, 0.0])))  # whole days: many ties
+    y = surv(rng.random(150) < 0.7, time)
+    loss = CoxLoss(y)
+    idx = torch.arange(150)[None]
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss.per_row((torch.from_numpy(x) @ w)[None], idx).sum()
+        value.backward()
+        return value
+    opt.step(closure)
+    ref = CoxPHSurvivalAnalysis(alpha=0, ties="breslow").fit(x, y)
+    np.testing.assert_allclose(w.detach().numpy(), ref.coef_, atol=1e-4)
+    # Rows padded onto a batch (valid False) change no valid row's loss.
+    risk = torch.from_numpy(x @ ref.coef_)[None]
+    padded = torch.cat([idx, torch.zeros((1, 20), dtype=torch.long)], 1)
+    valid = torch.cat([torch.ones((1, 150), dtype=torch.bool), torch.zeros((1, 20), dtype=torch.bool)], 1)
+    got = loss.per_row(torch.cat([risk, torch.full((1, 20), 50.0, dtype=torch.float64)], 1), padded, valid)
+    np.testing.assert_allclose(got[0, :150].numpy(), loss.per_row(risk, idx)[0].numpy(), atol=1e-12)
+    assert (got[0, 150:] == 0).all()
+
+
+def test_torch_heads_train_survival_and_a_fusion_head_starts_as_the_cox_stack(tmp_path):
+    """SIMULATED hazard with signal in both modalities: the torch heads train on the Cox loss; a fusion head's
+    warm start is stack_cox exactly, and trained it loses nothing to it and uses the genes."""
+    from fusion.api import prepare_inputs
+    from fusion.cox import fit_cox_stack
+    from fusion.heads import get_head, list_heads
+    from fusion.simulate import simulate_cohort
+    from fusion.train import TrainConfig, _padded, _predict, bag_means, prepare
+
+    assert {"gene_mlp", "image_abmil", "late", "cross_attn"} <= set(list_heads("survival"))
+    path = tmp_path / "s.zarr"
+    simulate_cohort(path, patients=300, patches=16, dim=16, genes=60, seed=2, survival=True).close()
+    cfg = TrainConfig(epochs=40, patience=8, token_dim=8)
+    opts = CVOptions(survival="survival", bootstrap=200, train=cfg)
+    with featstore.open(path) as store:
+        cohort, view = prepare_inputs(store, ["late"], opts)
+    assign = np.arange(len(cohort.patient_ids))[None] % 5
+    data = prepare(cohort, view, get_head("late"), assign, cfg)
+    model = get_head("late").build(5, data.genes.shape[-1], data.tokens.shape[-1])
+    genes, bags = [g.numpy() for g in data.genes], [bag_means(data, i) for i in range(5)]
+    model.warm_start(genes, bags, cohort.y, data.train, cfg.seed)
+    test, valid = _padded(data.test)
+    got = _predict(model, data, test).double().numpy()
+    for i in range(5):
+        want = fit_cox_stack([genes[i], bags[i]], cohort.y, data.train[i], cfg.seed).decision_function(
+            [genes[i][data.test[i]], bags[i][data.test[i]]])
+        np.testing.assert_allclose(got[i, valid[i].numpy()], want, atol=1e-4)
+    rows, runs = bench(path, ["coxnet", "stack_cox", "gene_mlp", "late", "cross_attn"], opts, out=tmp_path / "b")
+    c = {r["head"]: r["c_index"] for r in rows}
+    assert c["gene_mlp"] > 0.6 and c["stack_cox"] > c["coxnet"], c
+    for h in ("late", "cross_attn"):
+        assert c[h] > c["stack_cox"] - 0.02, c
+        assert runs[h].metrics["modality_check"]["genes"]["informative"], runs[h].metrics["modality_check"]
+        assert len(runs[h].metrics["trained_kept"]["per_model"]) == 5
+    assert (tmp_path / "b" / "report.html").exists()
