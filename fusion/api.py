@@ -28,7 +28,7 @@ from fusion.multiclass_report import write_multiclass_cv, write_multiclass_leade
 from fusion.preprocess import gene_exclusion_mask
 from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
-from fusion.survival import risk_groups, time_dependent_auc
+from fusion.survival import integrated_brier, risk_groups, time_dependent_auc
 from fusion.survival_report import write_survival_cv, write_survival_leaderboard
 from fusion.train import CVResult, TrainConfig, cross_validate
 from fusion.views import View, build_view
@@ -231,6 +231,7 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
     if cohort.target == "survival":
         metrics["risk_groups"] = risk_groups(cohort.y, result.oof, np.take_along_axis(result.thresholds, assign, 1))
         metrics["time_dependent_auc"] = time_dependent_auc(cohort.y, result.oof)
+        metrics["integrated_brier"] = integrated_brier(cohort.y, result.oof, result.fitted)
     elif multiclass:
         metrics["operating_point"] = mc.operating_point(cohort.y, result.oof, cohort.classes)
         metrics["calibration"] = {

@@ -8,6 +8,7 @@ import fusion.heads  # noqa: F401 - the torch heads register first, whichever mo
 from fusion.logistic import fit_logistic, fit_stack, linear_weights
 from fusion.multinomial import SoftmaxPredictor, balanced_weights, fit_multinomial, fit_multinomial_stack
 from fusion.registry import CLASS_TARGETS, GENES, IMAGE, register_head
+from fusion.survival import is_survival
 
 # ---- sklearn / XGBoost baselines ----------------------------------------------------------------------
 # A builder ``(*, seed, threads)`` (and ``classes=C`` for a target of C > 2 classes) returns ``fit(inputs, y, train,
@@ -50,13 +51,13 @@ class LinearPredictor:
 
 
 class XGBoostPredictor:
-    def __init__(self, booster):
-        self.booster = booster
+    def __init__(self, booster, margin: bool = False):
+        self.booster, self.margin = booster, margin  # margin: the raw score (survival:cox's log hazard ratio)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         from xgboost import DMatrix
 
-        return self.booster.predict(DMatrix(inputs[GENES]))
+        return self.booster.predict(DMatrix(inputs[GENES]), output_margin=self.margin)
 
     def arrays(self) -> dict[str, np.ndarray]:
         # XGBoost's own JSON model format, as bytes: no pickle, readable by any XGBoost.
@@ -110,28 +111,32 @@ def _n_weights(model) -> int:
 
 @register_head("xgboost", {GENES}, "sklearn",
                "Gradient-boosted trees (XGBoost) with early stopping on the inner validation split; softmax "
-               "objective for more than two classes.", CLASS_TARGETS)
+               "objective for more than two classes, Cox's partial likelihood (survival:cox) for survival.",
+               (*CLASS_TARGETS, "survival"))
 def _xgboost(*, seed: int, threads: int, classes: int = 2):
-    from xgboost import XGBClassifier
+    from xgboost import XGBClassifier, XGBRegressor
 
     def fit(inputs, y, tr, val):
-        x = inputs[GENES]
-        if classes > 2:  # every class weighted as scale_pos_weight weighs two: balanced
+        x, estimator, target = inputs[GENES], XGBClassifier, y
+        if is_survival(y):  # XGBoost's survival label: the time, negative where it is censored
+            estimator, target = XGBRegressor, np.where(y["event"], y["time"], -y["time"])
+            weight, options = {}, {"objective": "survival:cox", "eval_metric": "cox-nloglik"}
+        elif classes > 2:  # every class weighted as scale_pos_weight weighs two: balanced
             weight = {"sample_weight": balanced_weights(y[tr], classes)}
             options = {"objective": "multi:softprob", "num_class": classes, "eval_metric": "mlogloss"}
         else:
             pos = max(y[tr].sum(), 1)
             weight, options = {}, {"eval_metric": "logloss", "scale_pos_weight": (len(tr) - pos) / pos}
-        model = XGBClassifier(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
-                              colsample_bytree=0.5, early_stopping_rounds=30, random_state=seed, n_jobs=threads,
-                              tree_method="hist", **options)
-        model.fit(x[tr], y[tr], eval_set=[(x[val], y[val])], verbose=False, **weight)
+        model = estimator(n_estimators=400, learning_rate=0.05, max_depth=3, subsample=0.8,
+                          colsample_bytree=0.5, early_stopping_rounds=30, random_state=seed, n_jobs=threads,
+                          tree_method="hist", **options)
+        model.fit(x[tr], target[tr], eval_set=[(x[val], target[val])], verbose=False, **weight)
         booster = model.get_booster()
         # A saved booster predicts with every tree; keep exactly the ones early stopping chose.
         booster = booster[: model.best_iteration + 1] if getattr(model, "best_iteration", None) is not None else booster
         # Parameters of a tree ensemble: its nodes (split or leaf), counted from the text dump.
         n_nodes = sum(tree.count("\n") for tree in booster.get_dump())
-        return XGBoostPredictor(booster), n_nodes
+        return XGBoostPredictor(booster, margin=is_survival(y)), n_nodes
     return fit
 
 

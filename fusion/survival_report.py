@@ -73,12 +73,22 @@ def head_section(metrics: dict, p: str = "") -> str:
            f"<div class='plots'>{km}<p>High and low risk: {html.escape(groups['cut'])}. Log-rank p "
            f"{_num(f'{p}risk_groups.logrank_p', groups['logrank_p'])}.</p></div>",
            _time_auc(metrics.get("time_dependent_auc"), metrics["cohort"]["survival"]["time_unit"], p),
+           _brier(metrics.get("integrated_brier"), p),
            "<details><summary>per fold</summary><table><tr><th>repeat</th><th>fold</th><th>patients</th>"
            + "".join(f"<th>{LABELS[m]}</th>" for m in SURVIVAL_METRICS) + f"</tr>{folds}</table></details>"]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "c-index"))
     out.append("</section>")
     return "\n".join(out)
+
+
+def _brier(ibs: dict | None, p: str) -> str:
+    if not ibs:
+        return "<p>Integrated Brier score: undefined here (too few events).</p>"
+    return (f"<p>Integrated Brier score over the {html.escape(ibs['at'])} (each fold model's risks through its Breslow "
+            f"baseline hazard; lower is better): {_num(f'{p}integrated_brier.ibs', ibs['ibs'])}, against "
+            f"{_num(f'{p}integrated_brier.ibs_kaplan_meier', ibs['ibs_kaplan_meier'])} for the Kaplan-Meier curve "
+            "of all patients (no model).</p>")
 
 
 def _time_auc(tdauc: dict | None, unit: str, p: str) -> str:

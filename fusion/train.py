@@ -24,7 +24,7 @@ from fusion.losses import head_loss
 from fusion.memo import digest
 from fusion.preprocess import fit_gene_transform, project_tokens
 from fusion.splits import model_rows
-from fusion.survival import is_survival, strata
+from fusion.survival import breslow, is_survival, strata
 from fusion.views import View
 
 if TYPE_CHECKING:
@@ -338,6 +338,12 @@ def cross_validate(cohort: Cohort, head: str | Head, assign: np.ndarray, view: V
         models, val_probs = head.fit(data, y, cfg, on_epoch)
         test_idx, test_valid = _padded(data.test)
         thresholds = np.full((assign.shape[0], int(assign.max()) + 1), 0.5)
+        if is_survival(y):  # each model's baseline hazard, from its risks on its own training part
+            fit_rows = [np.concatenate([tr, v]) for tr, v in zip(data.train, data.val)]
+            idx, valid = _padded(fit_rows)
+            risks = models.predict(data, idx)
+            for i, rec in enumerate(data.fitted):
+                rec["baseline_hazard"] = breslow(risks[i, valid[i].numpy()], y[fit_rows[i]])
         for i, rec in enumerate(data.fitted):  # both fitted on the inner validation rows, never the test fold
             if is_survival(y):
                 # A risk score is no probability to calibrate; its cut into risk groups is the validation median.

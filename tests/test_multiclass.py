@@ -201,3 +201,17 @@ def test_a_multiclass_model_is_saved_and_predicts_exactly_as_it_was_fitted(pam50
     with (tmp_path / "pred.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["patient_id", "p_Basal", "p_Her2", "p_LumA", "predicted"] and len(rows) == 220
+
+
+def test_noise_in_a_test_fold_changes_nothing_fitted_for_it_with_three_classes(pam50):
+    """The behavioural leakage check on a softmax: the multinomial warm start, the weights, the temperature."""
+    from fusion.cohort import load_cohort
+    from fusion.views import build_view
+
+    from .test_fusion import assert_fold0_blind_to_its_test_patients
+
+    with featstore.open(pam50) as s:
+        cohort = load_cohort(s, label_map=None)
+        view = build_view(s, cohort.feature_set, cohort.slides, k=8, cache=False)
+    assert cohort.target == "multiclass"
+    assert_fold0_blind_to_its_test_patients(cohort, view, ("cross_attn",))
