@@ -64,18 +64,21 @@ class XGBoostPredictor:
         return {"xgboost_json": np.frombuffer(bytes(self.booster.save_raw("json")), np.uint8)}
 
 
-def load_predictor(arrays: dict[str, np.ndarray], modalities: list[str]):
-    """A predictor back from ``arrays()``."""
+def load_predictor(arrays: dict[str, np.ndarray], modalities: list[str], risk: bool = False):
+    """A predictor back from ``arrays()``; ``risk``: a survival model's, which predicts the linear risk itself."""
     if "xgboost_json" in arrays:
         from xgboost import Booster
 
         booster = Booster()
         booster.load_model(bytearray(arrays["xgboost_json"].tobytes()))
-        return XGBoostPredictor(booster)
+        return XGBoostPredictor(booster, margin=risk)
     if "softmax_coef" in arrays:
         return SoftmaxPredictor.from_arrays(arrays, modalities)
     order = sorted(modalities)
-    return LinearPredictor(order, [arrays[f"w_{m}"] for m in order], arrays["b"], arrays["coef"], float(arrays["bias"]))
+    from fusion.cox import RiskPredictor  # here: fusion.cox builds on this module
+
+    kind = RiskPredictor if risk else LinearPredictor
+    return kind(order, [arrays[f"w_{m}"] for m in order], arrays["b"], arrays["coef"], float(arrays["bias"]))
 
 
 @register_head("logreg", {GENES}, "sklearn",

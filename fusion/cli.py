@@ -264,7 +264,8 @@ def fusion_fit(
         res = fit(store, head, opts, out)
     m = res["model"]
     if not quiet:
-        decision = "argmax" if m["threshold"] is None else f"threshold {m['threshold']:.3f}"
+        decision = ("argmax" if m["threshold"] is None else f"risk-group cut {m['threshold']:.3f}"
+                    if m.get("target") == "survival" else f"threshold {m['threshold']:.3f}")
         console.print(f"model {m['head']} trained on {len(res['patient_ids'])} patients -> {out} ({decision}, "
                       f"calibration {m['calibrator']['method']})")
 
@@ -275,7 +276,7 @@ def fusion_predict(
     model: Annotated[Path, typer.Argument(help="A model folder, or a folder of fold models (cv --save-models)")],
     store: Annotated[Path, typer.Argument(help="Store with the patients to score")],
     out: Annotated[Path, typer.Option(help="CSV to write: patient_id, p_positive (p_<class> per class for more "
-                                            "than two), predicted")],
+                                            "than two; risk for survival), predicted (risk_group)")],
     patients: Annotated[Optional[Path], typer.Option(help="File of patient ids to score (one per line, or a CSV "
                                                      "with a patient_id column); default: all who have the inputs")] = None,
     features: Annotated[Optional[str], typer.Option(help="Feature set (optional when the store has one)")] = None,

@@ -111,7 +111,8 @@ class TorchHead:
             raise StoreError(f"{path}/weights.pt does not hold this model's weights "
                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from exc
         module.eval()
-        return TorchFitted(module, sum(p.numel() for p in module.parameters()), [0])
+        return TorchFitted(module, sum(p.numel() for p in module.parameters()), [0],
+                           risk=meta.get("target") == "survival")
 
 
 def estimator_inputs(data, i: int, modalities) -> dict[str, np.ndarray]:
@@ -172,7 +173,7 @@ class EstimatorHead:
         try:
             with np.load(path / "head.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            predictor = load_predictor(arrays, meta["modalities"])
+            predictor = load_predictor(arrays, meta["modalities"], meta.get("target") == "survival")
         except Exception as exc:  # a pickle refused, a truncated file, arrays missing: one line
             raise StoreError(f"{path}/head.npz does not hold this model's arrays ({type(exc).__name__}: {exc})") from exc
         if isinstance(predictor, (LinearPredictor, SoftmaxPredictor)):

@@ -29,11 +29,16 @@ def _coxnet(l1_ratio: float, alphas=None):
 
 def _fit_path(x: np.ndarray, y: np.ndarray, l1_ratio: float, alphas=None) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients (features, alphas) along the path, and the path. A strength at which coordinate descent
-    does not converge is refitted by scikit-survival itself; its warning says nothing the choice needs."""
+    does not converge is refitted by scikit-survival itself; its warning says nothing the choice needs. Coxnet
+    stops a path early where the fit saturates; the strengths it skipped take its last coefficients, so a path
+    given ``alphas`` always has one column per strength."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = _coxnet(l1_ratio, alphas).fit(x, y)
-    return model.coef_, model.alphas_
+    coef = model.coef_
+    if alphas is not None and coef.shape[1] < len(alphas):
+        coef = np.concatenate([coef, np.repeat(coef[:, -1:], len(alphas) - coef.shape[1], axis=1)], axis=1)
+    return coef, model.alphas_
 
 
 def _scaled(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -48,6 +48,8 @@ def save_model(out: Path, result, i: int, meta: dict) -> Path:
     meta.pop("gene_ids")
     if "token_pca" in rec:
         arrays.update(token_mean=rec["token_pca"].mean, token_components=rec["token_pca"].components)
+    if "baseline_hazard" in rec:  # a survival model: its Breslow baseline, for survival curves of new patients
+        arrays.update(zip(("hazard_times", "hazard_cumulative"), rec["baseline_hazard"]))
     np.savez(out / "preprocess.npz", **arrays)
     result.models.save(i, out)  # weights.pt (a state dict) or head.npz (plain arrays)
     meta.update(format=FORMAT, gene_dim=int(rec["gene_dim"]), token_dim=int(rec["token_dim"]),
@@ -66,7 +68,8 @@ def model_meta(store, cohort, head: str, opts) -> dict:
 
     fs = store.feature_set_info(cohort.feature_set) if cohort.feature_set else {}
     return {
-        "head": head, "modalities": sorted(get_head(head).modalities), "classes": list(cohort.classes),
+        "head": head, "target": cohort.target, "modalities": sorted(get_head(head).modalities),
+        "classes": list(cohort.classes),
         "positive_class": None if len(cohort.classes) > 2 else cohort.classes[1], "train": dataclasses.asdict(opts.train),
         "feature_set": None if not cohort.feature_set else {
             "name": cohort.feature_set, "config_hash": fs.get("config_hash"),
@@ -82,16 +85,12 @@ def fit(store_path, head: str, opts, out) -> dict:
     threshold) and write a model folder; returns its model.json and the fit's own predictions."""
     from fusion.api import _exclusion, _open_existing, prepare_inputs
 
-    if opts.survival is not None:
-        raise ValueError("fusion fit trains two-class models only for now; for survival, fusion cv and bench "
-                         "--survival report each patient's out-of-fold risk")
-
     with _open_existing(store_path) as store:
         cohort, view = prepare_inputs(store, [head], opts)
         meta = model_meta(store, cohort, head, opts)
     p = len(cohort.patient_ids)
     everyone = np.arange(p)
-    tr, val = train_test_split(everyone, test_size=opts.train.inner_val, stratify=cohort.y,
+    tr, val = train_test_split(everyone, test_size=opts.train.inner_val, stratify=cohort.strata,
                                random_state=opts.train.seed)
     exclude, _ = _exclusion(opts, cohort) if GENES in get_head(head).modalities else (None, "")
     result = cross_validate(cohort, head, np.zeros((1, p), int), view, opts.train, exclude, permutations=0,
@@ -132,9 +131,14 @@ def _read_meta(path: Path) -> dict:
             raise StoreError(f"{path}/model.json: {key!r} is {meta[key]!r}, not a {getattr(kind, '__name__', 'number')}")
     if not (isinstance(meta["classes"], list) and len(meta["classes"]) >= 2 and all(isinstance(c, str) for c in meta["classes"])):
         raise StoreError(f"{path}/model.json: classes {meta['classes']!r} are not two or more class names")
-    if (meta["threshold"] is None) != (len(meta["classes"]) > 2):  # C classes are decided by the argmax
-        raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} for {len(meta['classes'])} classes")
-    if meta["threshold"] is not None and (not np.isfinite(meta["threshold"]) or not 0 <= meta["threshold"] <= 1):
+    meta.setdefault("target", "binary")  # models saved before targets were named: two classes
+    if meta["target"] not in ("binary", "multiclass", "survival"):
+        raise StoreError(f"{path}/model.json: target {meta['target']!r} is not binary, multiclass or survival")
+    if (meta["threshold"] is None) != (meta["target"] == "multiclass"):  # C classes are decided by the argmax
+        raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} for a {meta['target']} model")
+    if meta["threshold"] is not None and not np.isfinite(meta["threshold"]):
+        raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} is not a number")
+    if meta["target"] == "binary" and not 0 <= meta["threshold"] <= 1:  # a survival cut is a risk, any number
         raise StoreError(f"{path}/model.json: threshold {meta['threshold']!r} is not a probability")
     for key in ("gene_dim", "token_dim"):
         if not 0 <= meta[key] <= MAX_DIM:
@@ -300,13 +304,19 @@ def read_patient_list(path) -> list[str]:
 
 def write_predictions(path, patients: list[str], p: np.ndarray, models: list[Model]) -> None:
     """patient_id, p_positive, predicted: the class at the mean of the models' inner-validation thresholds; for C
-    classes patient_id, p_<class> for each class, predicted: the argmax."""
+    classes patient_id, p_<class> for each class, predicted: the argmax; for survival patient_id, risk,
+    risk_group: above or below the mean of the models' cuts (each the median risk of its inner validation)."""
     import csv
 
     classes = models[0].meta["classes"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
+        if models[0].meta["target"] == "survival":  # the risk, and its side of the mean of the models' cuts
+            cut = float(np.mean([m.meta["threshold"] for m in models]))
+            w.writerow(["patient_id", "risk", "risk_group"])
+            w.writerows([pid, f"{v:.6f}", "high" if v > cut else "low"] for pid, v in zip(patients, p))
+            return
         if p.ndim == 2:
             w.writerow(["patient_id", *(f"p_{c}" for c in classes), "predicted"])
             w.writerows([pid, *(f"{v:.6f}" for v in row), classes[int(np.argmax(row))]] for pid, row in zip(patients, p))

@@ -202,8 +202,6 @@ def test_a_two_class_head_is_refused_on_a_survival_target_naming_the_heads_that_
     with pytest.raises(featstore.StoreError, match=r"no labels table, and a survival table \(os\): train on it with "
                                                    "--survival NAME"):
         cv(path, "logreg", CVOptions())
-    with pytest.raises(ValueError, match="--save-models keeps two-class models only"):
-        CVOptions(survival="os", save_models=True)
 
 
 def test_the_command_line_imports_survival_and_cross_validates_it(tmp_path):
@@ -340,3 +338,43 @@ def test_the_baseline_hazard_gives_scikit_survivals_survival_curves():
     ours = survival_at(x @ model.coef_, breslow(x @ model.coef_, y), grid)
     ref = np.array([[f(t) if t >= f.x[0] else 1.0 for t in grid] for f in model.predict_survival_function(x)])
     np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("head", ["stack_cox", "xgboost", "late"])
+def test_a_survival_model_is_saved_and_predicts_its_risks(tmp_path, head):
+    """fusion fit and cv --save-models keep survival models (a Cox stack as plain arrays, XGBoost's JSON, a state
+    dict) with their Breslow baseline; fusion predict gives the fit's own risks, a fold model its out-of-fold ones,
+    and the CLI writes risk and risk group."""
+    from typer.testing import CliRunner
+
+    from cli import fusion_app
+    from fusion.model import fit, load_model, predict
+    from fusion.simulate import simulate_cohort
+    from fusion.train import TrainConfig
+
+    path = tmp_path / "s.zarr"
+    simulate_cohort(path, patients=150, patches=16, dim=16, genes=40, seed=6, survival=True).close()
+    opts = CVOptions(survival="survival", bootstrap=100, train=TrainConfig(epochs=10, patience=5, token_dim=8))
+    res = fit(path, head, opts, tmp_path / "m")
+    assert res["model"]["target"] == "survival" and res["model"]["calibrator"]["method"] == "none"
+    ids, risk, models = predict(tmp_path / "m", path)
+    assert ids == res["patient_ids"]
+    np.testing.assert_allclose(risk, res["p_positive"], atol=1e-6)
+    assert {"hazard_times", "hazard_cumulative"} <= set(models[0].pre)
+    run = cv(path, head, dataclasses_replace(opts, save_models=True), out=tmp_path / "cv")
+    test = [p for p, f in zip(run.cohort.patient_ids, run.result.assign[0]) if f == 0]
+    np.testing.assert_allclose(predict(tmp_path / "cv" / "models" / "repeat0_fold0", path, test)[1],
+                               run.result.oof[0, run.result.assign[0] == 0], atol=1e-5)
+    assert load_model(tmp_path / "cv" / "models" / "repeat0_fold0").meta["threshold"] == pytest.approx(
+        run.result.thresholds[0, 0])
+    r = CliRunner().invoke(fusion_app, ["predict", str(tmp_path / "cv" / "models"), str(path), "--out",
+                                        str(tmp_path / "risk.csv")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "risk.csv").open()))
+    assert list(rows[0]) == ["patient_id", "risk", "risk_group"] and {r["risk_group"] for r in rows} == {"high", "low"}
+
+
+def dataclasses_replace(opts, **changes):
+    import dataclasses
+
+    return dataclasses.replace(opts, **changes)
