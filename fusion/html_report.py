@@ -54,6 +54,25 @@ def _num(path: str, value) -> str:
     return f'<span data-metric="{html.escape(path)}">{_fmt(value)}</span>'
 
 
+def summary_rows(summary: dict, names, labels: dict[str, str], path) -> str:
+    """Table rows: each metric's pooled value, 95% CI and fold mean ± sd, the numbers tagged with their place in
+    metrics.json: ``path.<metric>``, or ``path(metric)`` for a function."""
+    at = path if callable(path) else (lambda m: f"{path}.{m}")
+    return "".join(
+        f"<tr><td>{html.escape(labels.get(m, m))}</td><td>{_num(f'{at(m)}.pooled', s['pooled'])}</td>"
+        f"<td>[{_num(f'{at(m)}.ci95.0', s['ci95'][0])}, {_num(f'{at(m)}.ci95.1', s['ci95'][1])}]</td>"
+        f"<td>{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])}</td></tr>"
+        for m, s in ((m, summary[m]) for m in names))
+
+
+def fold_table(folds: list[dict], names, labels: dict[str, str]) -> str:
+    """The per-fold metrics, folded away."""
+    rows = "".join(f"<tr><td>{f['repeat']}</td><td>{f['fold']}</td><td>{f['n_test']}</td>"
+                   + "".join(f"<td>{_fmt(f[m])}</td>" for m in names) + "</tr>" for f in folds)
+    return ("<details><summary>per fold</summary><table><tr><th>repeat</th><th>fold</th><th>patients</th>"
+            + "".join(f"<th>{html.escape(labels.get(m, m))}</th>" for m in names) + f"</tr>{rows}</table></details>")
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.html_report import _fmt, _num, _plt, _png, cohort_section, forest, modality_section, page, verdicts
+from fusion.html_report import (
+    _fmt,
+    _num,
+    _plt,
+    _png,
+    cohort_section,
+    fold_table,
+    forest,
+    modality_section,
+    page,
+    summary_rows,
+    verdicts,
+)
 from fusion.multiclass import DECISION, MULTICLASS_METRICS
 from fusion.report import _default, _r3, ci_cell, write_leaderboard_csv
 from fusion.splits import write_splits
@@ -103,30 +115,22 @@ def head_section(result, metrics: dict, p: str = "") -> str:
     """One multi-class head: the macro metrics with CIs, each class's one-vs-rest ROC-AUC, the confusion matrix,
     per-class ROC and reliability, the folds, the modality check."""
     head, classes = metrics["head"], metrics["classes"]
-
-    def ci_row(label: str, path: str, s: dict, extra: str = "") -> str:
-        return (f"<tr><td>{html.escape(label)}</td>{extra}<td>{_num(f'{path}.pooled', s['pooled'])}</td>"
-                f"<td>[{_num(f'{path}.ci95.0', s['ci95'][0])}, {_num(f'{path}.ci95.1', s['ci95'][1])}]</td>"
-                f"<td>{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])}</td></tr>")
-
-    macro = "".join(ci_row(LABELS[m], f"{p}summary.{m}", metrics["summary"][m]) for m in MULTICLASS_METRICS)
-    per_class = "".join(ci_row(c, f"{p}per_class.{c}.roc_auc", v["roc_auc"], f"<td>{v['patients']}</td>")
-                        for c, v in metrics["per_class"].items())
+    macro = summary_rows(metrics["summary"], MULTICLASS_METRICS, LABELS, f"{p}summary")
+    per_class = summary_rows({c: v["roc_auc"] for c, v in metrics["per_class"].items()}, classes,
+                             {c: f"{c} ({v['patients']} patients)" for c, v in metrics["per_class"].items()},
+                             lambda c: f"{p}per_class.{c}.roc_auc")
     op = metrics["operating_point"]
-    folds = "".join(f"<tr><td>{f['repeat']}</td><td>{f['fold']}</td><td>{f['n_test']}</td>"
-                    + "".join(f"<td>{_fmt(f[m])}</td>" for m in MULTICLASS_METRICS) + "</tr>" for f in metrics["folds"])
     out = [f"<section class='head' data-head='{html.escape(head)}'><h2>{html.escape(head)}</h2>",
            "<table><tr><th>metric</th><th>pooled out-of-fold</th><th>95% CI</th><th>fold mean ± sd</th></tr>"
            f"{macro}</table>",
-           "<h3>Each class against the rest</h3><table><tr><th>class</th><th>patients</th><th>ROC-AUC</th><th>95% CI"
+           "<h3>Each class against the rest</h3><table><tr><th>class</th><th>ROC-AUC</th><th>95% CI"
            f"</th><th>fold mean ± sd</th></tr>{per_class}</table>",
            f"<div class='plots'>{_png(_confusion_figure(op, head))}{_ovr_curves(result, classes)}"
            f"{_reliability(metrics['calibration'])}</div>",
            f"<p>Decision: {html.escape(op['chosen_on'])}. Recall per class: "
            + ", ".join(f"{html.escape(c)} {_num(f'{p}operating_point.recall.{c}', v)}" for c, v in op["recall"].items())
            + ".</p>",
-           "<details><summary>per fold</summary><table><tr><th>repeat</th><th>fold</th><th>patients</th>"
-           + "".join(f"<th>{LABELS[m]}</th>" for m in MULTICLASS_METRICS) + f"</tr>{folds}</table></details>"]
+           fold_table(metrics["folds"], MULTICLASS_METRICS, LABELS)]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "macro ROC-AUC"))
     out.append("</section>")

@@ -8,7 +8,19 @@ import html
 import json
 from pathlib import Path
 
-from fusion.html_report import _fmt, _num, _plt, _png, cohort_section, forest, modality_section, page, verdicts
+from fusion.html_report import (
+    _fmt,
+    _num,
+    _plt,
+    _png,
+    cohort_section,
+    fold_table,
+    forest,
+    modality_section,
+    page,
+    summary_rows,
+    verdicts,
+)
 from fusion.report import _default, _r3, ci_cell, write_leaderboard_csv
 from fusion.splits import write_splits
 from fusion.survival import SURVIVAL_METRICS
@@ -58,13 +70,7 @@ def head_section(metrics: dict, p: str = "") -> str:
     """One survival head: its c-indices with CIs, risk groups with the log-rank test, per-fold table, modality
     check."""
     head = metrics["head"]
-    rows = "".join(
-        f"<tr><td>{LABELS[m]}</td><td>{_num(f'{p}summary.{m}.pooled', s['pooled'])}</td>"
-        f"<td>[{_num(f'{p}summary.{m}.ci95.0', s['ci95'][0])}, {_num(f'{p}summary.{m}.ci95.1', s['ci95'][1])}]</td>"
-        f"<td>{_fmt(s['fold_mean'])} ± {_fmt(s['fold_std'])}</td></tr>"
-        for m, s in ((m, metrics["summary"][m]) for m in SURVIVAL_METRICS))
-    folds = "".join(f"<tr><td>{f['repeat']}</td><td>{f['fold']}</td><td>{f['n_test']}</td>"
-                    + "".join(f"<td>{_fmt(f[m])}</td>" for m in SURVIVAL_METRICS) + "</tr>" for f in metrics["folds"])
+    rows = summary_rows(metrics["summary"], SURVIVAL_METRICS, LABELS, f"{p}summary")
     groups = metrics["risk_groups"]
     km = _png(_km_figure(groups, "predicted risk groups (first repeat)", metrics["cohort"]["survival"]["time_unit"]))
     out = [f"<section class='head' data-head='{html.escape(head)}'><h2>{html.escape(head)}</h2>",
@@ -74,8 +80,7 @@ def head_section(metrics: dict, p: str = "") -> str:
            f"{_num(f'{p}risk_groups.logrank_p', groups['logrank_p'])}.</p></div>",
            _time_auc(metrics.get("time_dependent_auc"), metrics["cohort"]["survival"]["time_unit"], p),
            _brier(metrics.get("integrated_brier"), p),
-           "<details><summary>per fold</summary><table><tr><th>repeat</th><th>fold</th><th>patients</th>"
-           + "".join(f"<th>{LABELS[m]}</th>" for m in SURVIVAL_METRICS) + f"</tr>{folds}</table></details>"]
+           fold_table(metrics["folds"], SURVIVAL_METRICS, LABELS)]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "c-index"))
     out.append("</section>")
