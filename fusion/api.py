@@ -30,6 +30,7 @@ from fusion.report import write_cv, write_leaderboard
 from fusion.splits import make_splits, read_splits, split_balance
 from fusion.survival import integrated_brier, risk_groups, time_dependent_auc
 from fusion.survival_report import write_survival_cv, write_survival_leaderboard
+from fusion.top_genes import top_genes
 from fusion.train import CVResult, TrainConfig, cross_validate
 from fusion.views import View, build_view
 
@@ -248,6 +249,8 @@ def run_head(cohort: Cohort, view: View | None, head: str, assign: np.ndarray, o
                                            "method": opts.view_method},
         "simulated": simulated, "provenance": prov or {},
     }
+    if GENES in spec.modalities and (genes := top_genes(result, cohort.gene_ids, cohort.classes)):
+        metrics["top_genes"] = genes
     verdicts = result.models.verdicts
     if "trained_kept" in verdicts:
         metrics["trained_kept"] = {"per_model": verdicts["trained_kept"], "rule": FALLBACKS[opts.train.fallback]}

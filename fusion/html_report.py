@@ -73,6 +73,22 @@ def fold_table(folds: list[dict], names, labels: dict[str, str]) -> str:
             + "".join(f"<th>{html.escape(labels.get(m, m))}</th>" for m in names) + f"</tr>{rows}</table></details>")
 
 
+def top_genes_section(metrics: dict, p: str = "") -> str:
+    """The genes the head's linear gene model leans on most (metrics.json ``top_genes``), folded away."""
+    top = metrics.get("top_genes")
+    if not top:
+        return ""
+    classes = list(top["genes"][0]["weight"]) if top["genes"] and isinstance(top["genes"][0]["weight"], dict) else []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in classes) or "<th>weight</th>"
+    rows = "".join(
+        f"<tr><td>{html.escape(g['gene'])}</td>"
+        + ("".join(f"<td>{_num(f'{p}top_genes.genes.{i}.weight.{c}', g['weight'][c])}</td>" for c in classes)
+           if classes else f"<td>{_num(f'{p}top_genes.genes.{i}.weight', g['weight'])}</td>")
+        + f"<td>{g['models_weighing_it']:.0%}</td></tr>" for i, g in enumerate(top["genes"]))
+    return (f"<details><summary>top genes ({html.escape(top['of'])})</summary><table><tr><th>gene</th>{head}"
+            f"<th>fold models weighing it</th></tr>{rows}</table></details>")
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -201,6 +217,7 @@ def head_section(result, metrics: dict, p: str = "") -> str:
         f"(raw {_num(f'{p}calibration.before.brier', cal['before']['brier'])}); ECE "
         f"{_num(f'{p}calibration.after.ece', cal['after']['ece'])} "
         f"(raw {_num(f'{p}calibration.before.ece', cal['before']['ece'])})</p></div>")
+    out.append(top_genes_section(metrics, p))
     check = metrics.get("modality_check")
     if check:
         out.append(modality_section(check, p))

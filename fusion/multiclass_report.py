@@ -22,6 +22,7 @@ from fusion.html_report import (
     modality_section,
     page,
     summary_rows,
+    top_genes_section,
     verdicts,
 )
 from fusion.multiclass import DECISION, MULTICLASS_METRICS
@@ -130,7 +131,7 @@ def head_section(result, metrics: dict, p: str = "") -> str:
            f"<p>Decision: {html.escape(op['chosen_on'])}. Recall per class: "
            + ", ".join(f"{html.escape(c)} {_num(f'{p}operating_point.recall.{c}', v)}" for c, v in op["recall"].items())
            + ".</p>",
-           fold_table(metrics["folds"], MULTICLASS_METRICS, LABELS)]
+           fold_table(metrics["folds"], MULTICLASS_METRICS, LABELS), top_genes_section(metrics, p)]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "macro ROC-AUC"))
     out.append("</section>")

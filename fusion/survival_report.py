@@ -19,6 +19,7 @@ from fusion.html_report import (
     modality_section,
     page,
     summary_rows,
+    top_genes_section,
     verdicts,
 )
 from fusion.report import _default, _r3, ci_cell, write_leaderboard_csv
@@ -80,7 +81,7 @@ def head_section(metrics: dict, p: str = "") -> str:
            f"{_num(f'{p}risk_groups.logrank_p', groups['logrank_p'])}.</p></div>",
            _time_auc(metrics.get("time_dependent_auc"), metrics["cohort"]["survival"]["time_unit"], p),
            _brier(metrics.get("integrated_brier"), p),
-           fold_table(metrics["folds"], SURVIVAL_METRICS, LABELS)]
+           fold_table(metrics["folds"], SURVIVAL_METRICS, LABELS), top_genes_section(metrics, p)]
     if metrics.get("modality_check"):
         out.append(modality_section(metrics["modality_check"], p, "c-index"))
     out.append("</section>")

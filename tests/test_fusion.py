@@ -652,3 +652,20 @@ def test_the_registry_lists_torch_heads_then_baselines_whatever_is_imported_firs
     code = f"import {first}\nfrom fusion.registry import HEADS\nprint(' '.join(h.kind for h in HEADS.values()))"
     kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(kinds) == {"torch", "sklearn"} and kinds == sorted(kinds, key=lambda k: k != "torch"), kinds
+
+
+def test_top_genes_are_the_planted_ones_for_every_head_with_a_linear_gene_model(tmp_path):
+    """SIMULATED: 10 of 60 genes carry the signal (GENE00000-GENE00009). The genes logreg, stack and a fusion head
+    weigh most are those; a head without a linear gene model reports none."""
+    from fusion.simulate import simulate_cohort
+
+    path = tmp_path / "g.zarr"
+    simulate_cohort(path, patients=200, patches=8, dim=8, genes=60, gene_signal=1.5, image_signal=1.0, seed=7).close()
+    planted = {f"GENE{j:05d}" for j in range(10)}
+    rows, runs = bench(path, ["logreg", "stack", "late", "gene_mlp"], CVOptions(label_map=None, bootstrap=100,
+                                                                                 train=FAST))
+    for head in ("logreg", "stack", "late"):
+        top = runs[head].metrics["top_genes"]["genes"]
+        assert {g["gene"] for g in top[:5]} <= planted, (head, top[:5])
+        assert all(g["weight"] > 0 for g in top[:5])  # the planted genes raise the positive class's odds
+    assert "top_genes" not in runs["gene_mlp"].metrics

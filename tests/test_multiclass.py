@@ -127,6 +127,7 @@ def test_every_multiclass_head_on_real_pam50_calls_with_the_report(pam50, tmp_pa
     assert m["target"] == "multiclass" and m["classes"] == ["Basal", "Her2", "LumA"]
     assert np.array(m["operating_point"]["confusion"]).sum() == m["n_patients"] == 220
     assert m["calibration"]["method"] == "temperature" and set(m["calibration"]["after"]) == {"Basal", "Her2", "LumA"}
+    assert set(m["top_genes"]["genes"][0]["weight"]) == {"Basal", "Her2", "LumA"}
     with (tmp_path / "b" / "logreg" / "predictions.csv").open() as fh:
         table = list(csv.DictReader(fh))
     probs = np.array([[float(r[f"p_{c}"]) for c in m["classes"]] for r in table])
