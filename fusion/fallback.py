@@ -115,13 +115,12 @@ def _recalibrated_softmax_losses(logits: np.ndarray, y: np.ndarray, weight: np.n
 def _recalibrated_cox_losses(risk: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
     from scipy.optimize import minimize_scalar
 
-    at_risk = y["time"][None, :] >= y["time"][:, None]  # [i, j]: j still at risk when i has the event
+    from fusion.losses import CoxLoss
 
-    def losses(a: float) -> np.ndarray:
-        z = np.where(at_risk, a * risk[None, :], -np.inf)
-        top = z.max(1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(z - top).sum(1))
-        return np.where(y["event"], weight * (lse - a * risk), 0.0)
+    terms, idx = CoxLoss(y), torch.arange(len(y))[None]
+
+    def losses(a: float) -> np.ndarray:  # each event's partial-likelihood term of ``a * risk``, the trainer's loss
+        return weight * terms.per_row(torch.from_numpy(a * risk)[None], idx)[0].numpy()
 
     if np.ptp(risk) == 0:
         return losses(0.0)
